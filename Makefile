@@ -1,0 +1,29 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make demo   set up .venv and run the offline demo (the seed's workflow)
+#   make test   set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PLUGINS = $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/graphopt: pyproject.toml $(PLUGINS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/graphopt
+
+demo: setup
+	$(BIN)/graphopt demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

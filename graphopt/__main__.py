@@ -1,0 +1,3 @@
+from graphopt.cli.main import main
+
+raise SystemExit(main())

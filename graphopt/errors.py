@@ -1,0 +1,80 @@
+"""graphopt's one error type, and its classes.
+
+Every failure a user can cause or meet is a :class:`GraphoptError`: it says what
+went wrong, where (file, pass, node, plugin) and a hint, and it carries the exit
+code of its class. The CLI renders it in one paragraph; a traceback is shown only
+with ``--debug``. Core code raises these and never prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, one per class of failure (documented in docs/cli.md)."""
+
+    OK = 0
+    INTERNAL = 1  # a bug in graphopt or TensorFlow: please report it
+    USAGE = 2  # bad flags, bad transform string, unknown pass
+    INPUT = 3  # the model (or another input file) cannot be read or is not what was asked
+    PASS = 4  # a pass or plugin failed, or produced an invalid graph
+    VERIFY = 5  # the optimized model does not match the original within tolerance
+    OUTPUT = 6  # the output cannot be written
+    UNSAFE = 7  # the graph holds ops that reach outside the process and was not allowed
+
+
+@dataclass
+class GraphoptError(Exception):
+    """An error that renders itself: what happened, where, and what to try.
+
+    ``where`` is a short locator such as ``"model.pb"``, ``"pass fold_constants"``
+    or ``"node conv1/BiasAdd"``; several can be joined with ``", "``.
+    """
+
+    message: str
+    where: str | None = None
+    hint: str | None = None
+    code: ExitCode = ExitCode.INTERNAL
+    details: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def render(self) -> str:
+        """The one-paragraph text the CLI prints (plain text, no markup)."""
+        lines = [self.message if not self.where else f"{self.message} ({self.where})"]
+        lines.extend(f"  {d}" for d in self.details)
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "error": type(self).__name__,
+            "code": int(self.code),
+            "message": self.message,
+            "where": self.where,
+            "hint": self.hint,
+            "details": list(self.details),
+        }
+
+
+def _subclass(name: str, code: ExitCode, doc: str) -> type[GraphoptError]:
+    # Subclasses differ only by their default exit code; a dataclass field default
+    # keeps them constructible with the same keywords as the base class.
+    cls = dataclass(type(name, (GraphoptError,), {"__doc__": doc, "__annotations__": {"code": ExitCode}, "code": code}))
+    return cls
+
+
+UsageError = _subclass("UsageError", ExitCode.USAGE, "Bad command line, transform string, option or pass name.")
+InputError = _subclass("InputError", ExitCode.INPUT, "A model or other input cannot be read, or is not what was asked for.")
+PassError = _subclass("PassError", ExitCode.PASS, "A pass or plugin failed, or returned a graph TensorFlow cannot import.")
+VerificationError = _subclass("VerificationError", ExitCode.VERIFY, "Outputs differ from the original beyond tolerance.")
+OutputError = _subclass("OutputError", ExitCode.OUTPUT, "The output cannot be written.")
+UnsafeGraphError = _subclass("UnsafeGraphError", ExitCode.UNSAFE, "The graph holds ops that reach outside the process.")
+PluginError = _subclass("PluginError", ExitCode.PASS, "A plugin failed to load or its hook raised.")

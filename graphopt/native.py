@@ -1,0 +1,217 @@
+"""GTT's native transforms as graphopt passes, run through the binding TensorFlow still ships.
+
+TF 2.21 removed ``tensorflow.tools.graph_transforms`` from the pip package but
+kept ``_pywrap_transform_graph.TransformGraphWithStringInputs``. Each native
+transform becomes a :class:`NativeTransform` pass so it can sit in one pipeline
+with Python passes and get its own report line.
+
+GTT silently ignores arguments it does not know (``fold_constants(foo=1)`` runs),
+so every transform's arguments are declared here from its source
+(tensorflow/tools/graph_transforms/*.cc) and checked before anything runs.
+Inputs and outputs come from the model's signature; ``strip_unused_nodes``
+without ``type``/``shape`` gets them from the signature too, instead of GTT's
+float default that breaks non-float inputs (tensorflow#5913).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphopt.errors import PassError
+from graphopt.hookspecs import hookimpl
+from graphopt.model import Model, node_name
+from graphopt.passes.base import Option, Pass, PassResult
+from graphopt.transform_spec import format_step
+
+_L = list
+
+# name -> (description, {option: Option}). Options mirror GetOneStringParameter /
+# GetStringParameters calls in each transform's .cc file; every transform also takes ignore_errors.
+NATIVE_TRANSFORMS: dict[str, tuple[str, dict[str, Option]]] = {
+    "add_default_attributes": ("Add attributes a newer op version defines with defaults.", {}),
+    "backport_concatv2": ("Rewrite ConcatV2 as Concat for old runtimes.", {}),
+    "backport_tensor_array_v3": ("Rewrite TensorArray*V3 ops as V2 for old runtimes.", {}),
+    "flatten_atrous_conv": ("Turn SpaceToBatchND/Conv2D/BatchToSpaceND into a dilated Conv2D.", {}),
+    "fold_batch_norms": ("Fold a constant Mul after Conv2D/DepthwiseConv2dNative/MatMul into the weights "
+                         "(needs fold_constants first).", {}),
+    "fold_constants": ("Evaluate subgraphs that are constant and replace them by Const nodes.", {
+        "clear_output_shapes": Option(bool, True, "drop _output_shapes attributes"),
+        "exclude_op": Option(_L, [], "op types never folded"),
+    }),
+    "fold_old_batch_norms": ("Fold BatchNormWithGlobalNormalization / FusedBatchNorm (v1) directly after Conv2D.",
+                             {}),
+    "freeze_requantization_ranges": ("Replace RequantizationRange ops by ranges from a log.", {
+        "min_max_log_file": Option(str, None, "log written by insert_logging", required=True),
+        "min_percentile": Option(float, 5.0, "percentile of logged minima"),
+        "max_percentile": Option(float, 5.0, "percentile of logged maxima"),
+    }),
+    "fuse_pad_and_conv": ("Fuse MirrorPad into a following Conv2D.", {}),
+    "fuse_resize_and_conv": ("Fuse ResizeBilinear into a following Conv2D.", {}),
+    "fuse_resize_pad_and_conv": ("Fuse ResizeBilinear and MirrorPad into a following Conv2D.", {}),
+    "inline_partitionedcall": ("Inline PartitionedCall / StatefulPartitionedCall function calls.", {}),
+    "insert_logging": ("Insert Print ops after matching nodes.", {
+        "op": Option(_L, [], "ops to log"),
+        "prefix": Option(_L, [], "node name prefixes to log"),
+        "show_name": Option(bool, False, "print the node name"),
+        "show_op": Option(bool, False, "print the op type"),
+        "first_n": Option(int, -1, "log only the first n runs"),
+        "summarize": Option(int, 1024, "how many values to print"),
+        "message": Option(str, "", "message prefix"),
+    }),
+    "merge_duplicate_nodes": ("Merge nodes with the same op, inputs and attributes (including equal constants).",
+                              {}),
+    "obfuscate_names": ("Replace node names by short random ones (inputs and outputs kept).", {}),
+    "quantize_nodes": ("Replace float ops by eight-bit quantized equivalents (lossy).", {
+        "input_min": Option(float, None, "known input minimum"),
+        "input_max": Option(float, None, "known input maximum"),
+        "fallback_min": Option(float, None, "range minimum where none is known"),
+        "fallback_max": Option(float, None, "range maximum where none is known"),
+        "op": Option(_L, [], "ops to quantize"),
+    }),
+    "quantize_weights": ("Store large float constants as eight-bit with one range per tensor (lossy).", {
+        "minimum_size": Option(int, 1024, "smallest constant (elements) to quantize"),
+    }),
+    "remove_attribute": ("Remove an attribute from all nodes, or from nodes of one op.", {
+        "attribute_name": Option(str, None, "attribute to remove", required=True),
+        "op_name": Option(str, "*", "only nodes of this op"),
+    }),
+    "remove_control_dependencies": ("Remove every control dependency.", {}),
+    "remove_device": ("Clear the device of every node.", {}),
+    "remove_nodes": ("Bypass single-input nodes of the given ops (dangerous on some graphs).", {
+        "op": Option(_L, [], "op types to remove", required=True),
+        "max_inputs": Option(int, 1, "remove only nodes with at most this many inputs"),
+    }),
+    "rename_attribute": ("Rename an attribute on all nodes, or nodes of one op.", {
+        "old_attribute_name": Option(str, None, "attribute to rename", required=True),
+        "new_attribute_name": Option(str, None, "new attribute name", required=True),
+        "op_name": Option(str, "*", "only nodes of this op"),
+    }),
+    "rename_node": ("Rename a node and the references to it.", {
+        "old_node_name": Option(str, None, "node to rename", required=True),
+        "new_node_name": Option(str, None, "new name", required=True),
+    }),
+    "rename_op": ("Change the op type of matching nodes.", {
+        "old_op_name": Option(str, None, "op to rename", required=True),
+        "new_op_name": Option(str, None, "new op", required=True),
+    }),
+    "round_weights": ("Round float weights to a fixed number of levels (lossy; compresses better).", {
+        "num_steps": Option(int, 256, "levels per tensor"),
+    }),
+    "set_device": ("Set the device of nodes.", {
+        "device": Option(str, None, "device string, e.g. /device:CPU:0", required=True),
+        "if_default": Option(bool, False, "only where no device is set"),
+    }),
+    "sort_by_execution_order": ("Order nodes so every node comes after its inputs.", {}),
+    "sparsify_gather": ("Turn Gather on sparse weights into a sparse lookup.", {
+        "input_checkpoint": Option(str, None, "checkpoint with the weights"),
+        "group_name": Option(str, None, "partitioned-variable group"),
+    }),
+    "strip_unused_nodes": ("Remove nodes not needed for the outputs; turn inputs into Placeholders.", {
+        "type": Option(str, None, "dtype of replaced inputs (default: from the signature)"),
+        "shape": Option(str, None, "shape of replaced inputs, e.g. \"1,224,224,3\" (default: from the signature)"),
+        "name": Option(_L, [], "inputs the type/shape apply to"),
+        "type_for_name": Option(_L, [], "per-input dtype, in the order of name="),
+        "shape_for_name": Option(_L, [], "per-input shape, in the order of name="),
+    }),
+}
+
+# Transforms whose output can differ numerically from their input on purpose.
+LOSSY_NATIVE = {"quantize_weights", "quantize_nodes", "round_weights", "freeze_requantization_ranges"}
+# Transforms that rename or remove signature nodes: the exporter must not rely on names after them.
+RENAMING_NATIVE = {"obfuscate_names", "rename_node"}
+
+
+def _binding():
+    try:
+        from tensorflow.python.util import _pywrap_transform_graph
+    except ImportError as exc:  # pragma: no cover - depends on the TF build
+        raise PassError("this TensorFlow build has no Graph Transform Tool binding", hint="install tensorflow-cpu==2.21.0",
+                        details=[str(exc)]) from None
+    return _pywrap_transform_graph.TransformGraphWithStringInputs
+
+
+_DTYPE_TO_GTT = {"float32": "float", "float64": "double", "float16": "half", "bfloat16": "bfloat16", "int32": "int32",
+                 "int64": "int64", "uint8": "uint8", "int8": "int8", "int16": "int16", "uint16": "uint16",
+                 "string": "string", "bool": "bool", "complex64": "complex64"}
+
+
+def _strip_unused_args(model: Model, config: dict[str, Any]) -> list[tuple[str, str]]:
+    # GTT keeps inputs that are already Placeholders, but turns any other input
+    # node into a Placeholder of `type` (default float) and `shape`; fill both
+    # from the signature, per input, so uint8/string inputs survive (tensorflow#5913).
+    specs = list(model.signature.inputs.values())
+    if config.get("type") or config.get("shape") or config.get("name") or not specs:
+        return []
+    if any(s.shape is None for s in specs):  # GTT cannot express unknown rank per input
+        return []
+    args: list[tuple[str, str]] = []
+    for spec in specs:
+        args.append(("name", spec.node))
+        args.append(("type_for_name", _DTYPE_TO_GTT.get(spec.dtype, spec.dtype)))
+        args.append(("shape_for_name", ",".join("-1" if d is None else str(d) for d in spec.shape)))
+    return args
+
+
+class NativeTransform(Pass):
+    """Base of the generated classes, one per GTT transform."""
+
+    native_name: str = ""
+
+    def run(self, model: Model) -> PassResult:
+        args: list[tuple[str, str]] = []
+        for key, value in self.config.items():
+            opt = self.options[key]
+            if value is None or (opt.type is list and not value) or (value == opt.default and not opt.required):
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                args.append((key, str(v).lower() if isinstance(v, bool) else str(v)))
+        if self.native_name == "strip_unused_nodes":
+            args.extend(_strip_unused_args(model, self.config))
+        spec = format_step(self.native_name, args)
+        sig = model.signature
+        inputs = ",".join(sig.input_nodes)
+        outputs = ",".join(dict.fromkeys(sig.output_nodes + [node_name(op) for op in model.init_ops]))
+        transform = _binding()
+        try:
+            out_bytes = transform(model.graph_def.SerializeToString(), inputs, outputs, spec)
+        except Exception as exc:
+            raise PassError(f"GTT transform failed: {str(exc).strip()}", where=f"native {spec}") from None
+        graph_def = type(model.graph_def)()
+        graph_def.ParseFromString(out_bytes)
+        # GTT does not touch the function library but may drop it when re-serialising; keep it.
+        if model.graph_def.HasField("library") and not graph_def.HasField("library"):
+            graph_def.library.CopyFrom(model.graph_def.library)
+        if model.graph_def.HasField("versions") and not graph_def.HasField("versions"):
+            graph_def.versions.CopyFrom(model.graph_def.versions)
+        modified = graph_def.SerializeToString(deterministic=True) != model.graph_def.SerializeToString(
+            deterministic=True)
+        counters = {"nodes_removed": max(0, len(model.graph_def.node) - len(graph_def.node))}
+        return PassResult(model.with_graph(graph_def), modified=modified, counters=counters)
+
+
+def _make(name: str, description: str, options: dict[str, Option]) -> type[Pass]:
+    return type(f"Native_{name}", (NativeTransform,), {
+        "name": name, "native_name": name, "description": description, "options": options,
+        "lossy": name in LOSSY_NATIVE, "__module__": __name__,
+        "__doc__": f"GTT's native {name}: {description}",
+    })
+
+
+NATIVE_PASSES = [_make(n, d, o) for n, (d, o) in NATIVE_TRANSFORMS.items()]
+
+
+@hookimpl
+def register_passes(register):
+    for cls in NATIVE_PASSES:
+        register(cls)
+
+
+@hookimpl
+def register_presets(register):
+    register("gtt-seed", "remove_attribute(attribute_name=_class) remove_nodes(op=Identity, op=CheckNumerics) "
+             "strip_unused_nodes fold_constants(ignore_errors=true) fold_batch_norms fold_old_batch_norms "
+             "merge_duplicate_nodes",
+             "The seed blog post's seven GTT transforms, as it ran them in TF1.")
+    register("gtt-deploy", "strip_unused_nodes remove_nodes(op=Identity, op=CheckNumerics) "
+             "fold_constants(ignore_errors=true) fold_batch_norms fold_old_batch_norms",
+             "GTT README's recommended list for deployment.")

@@ -1,0 +1,282 @@
+"""The plugin host: one pluggy manager, built-ins loaded as ordinary plugins, a registry of what they added.
+
+Third-party plugins are pip-installed distributions with an entry point in the
+``graphopt`` group::
+
+    [project.entry-points.graphopt]
+    fp16 = "graphopt_fp16"
+
+Each is loaded on its own: one that fails to import is recorded (with its
+distribution and version) and the others still load. Plugins can be switched
+off with ``--no-plugins`` / ``GRAPHOPT_NO_PLUGINS=1`` or limited to an allowlist
+with ``--plugins a,b`` / ``GRAPHOPT_PLUGINS=a,b`` (entry-point or distribution
+names). Built-ins (``graphopt.native`` for GTT's transforms, ``graphopt.builtin``
+for graphopt's own passes) are always loaded, through the same hooks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+import pluggy
+
+from graphopt import hookspecs
+from graphopt.errors import PluginError, UsageError
+
+ENTRY_POINT_GROUP = "graphopt"
+ENV_NO_PLUGINS = "GRAPHOPT_NO_PLUGINS"
+ENV_ALLOW = "GRAPHOPT_PLUGINS"
+BUILTIN_MODULES = {"graphopt.native": "native", "graphopt.builtin": "builtin"}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a pass, preset or command came from: ``native``, ``builtin`` or a plugin distribution."""
+
+    kind: str  # "native" | "builtin" | "plugin"
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind != "plugin":
+            return self.kind
+        return f"{self.distribution or self.plugin} {self.version or ''}".strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "plugin": self.plugin, "distribution": self.distribution, "version": self.version}
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that could not be loaded or whose registration hook raised."""
+
+    plugin: str
+    distribution: str | None
+    version: str | None
+    error: str
+
+    def to_error(self) -> PluginError:
+        dist = f"{self.distribution} {self.version}" if self.distribution else self.plugin
+        return PluginError(f"plugin '{self.plugin}' failed to load: {self.error}", where=f"plugin {dist}",
+                           hint=f"upgrade or uninstall {self.distribution or self.plugin}, or run with "
+                                f"--no-plugins / {ENV_ALLOW}=<names> to leave it out")
+
+
+@dataclass
+class PassInfo:
+    cls: type
+    origin: Origin
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+
+@dataclass
+class PresetInfo:
+    name: str
+    transforms: str
+    description: str
+    origin: Origin
+    lossy: bool = False
+
+
+@dataclass
+class CommandInfo:
+    name: str
+    help: str
+    configure: Callable[..., None]
+    run: Callable[..., int]
+    origin: Origin
+
+
+@dataclass
+class Registry:
+    """Every pass, preset and command the loaded plugins registered, by name."""
+
+    passes: dict[str, PassInfo] = field(default_factory=dict)
+    presets: dict[str, PresetInfo] = field(default_factory=dict)
+    commands: dict[str, CommandInfo] = field(default_factory=dict)
+    failures: list[PluginFailure] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return sorted(set(self.passes) | set(self.presets))
+
+    def suggest(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        if close:
+            return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        return "run 'graphopt passes' to list every pass and preset"
+
+    def pass_info(self, name: str) -> PassInfo:
+        try:
+            return self.passes[name]
+        except KeyError:
+            raise UsageError(f"unknown pass '{name}'", where="--transforms", hint=self.suggest(name)) from None
+
+    def create(self, name: str, options: dict[str, Any] | None = None) -> Any:
+        """Build a pass by name from raw option values (strings from a transform string, or Python values)."""
+        info = self.pass_info(name)
+        instance = info.cls(**(options or {}))
+        instance.origin = info.origin
+        return instance
+
+
+class _Manager(pluggy.PluginManager):
+    """A pluggy manager that remembers the distribution behind each plugin and what failed to load."""
+
+    def __init__(self) -> None:
+        super().__init__("graphopt")
+        self.add_hookspecs(hookspecs)
+        self.origins: dict[str, Origin] = {}
+        self.failures: list[PluginFailure] = []
+
+    def origin_of(self, plugin_name: str) -> Origin:
+        return self.origins.get(plugin_name) or Origin("plugin", plugin_name)
+
+
+def _allowlist(allow: list[str] | None) -> set[str] | None:
+    if allow is not None:
+        return {a.strip() for a in allow if a.strip()}
+    env = os.environ.get(ENV_ALLOW)
+    return {a.strip() for a in env.split(",") if a.strip()} if env else None
+
+
+def plugins_disabled_by_env() -> bool:
+    return os.environ.get(ENV_NO_PLUGINS, "").lower() not in ("", "0", "false", "no")
+
+
+def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None = None) -> _Manager:
+    """A fresh plugin manager: built-ins, then third-party entry points unless disabled.
+
+    ``plugins=False`` (or ``GRAPHOPT_NO_PLUGINS=1``) loads built-ins only;
+    ``allow`` (or ``GRAPHOPT_PLUGINS``) keeps only the named plugins.
+    """
+    pm = _Manager()
+    for module_name, kind in BUILTIN_MODULES.items():
+        pm.register(importlib.import_module(module_name), name=module_name)
+        pm.origins[module_name] = Origin(kind, module_name)
+    if plugins is None:
+        plugins = not plugins_disabled_by_env()
+    if not plugins:
+        return pm
+    allowed = _allowlist(allow)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else None
+        version = dist.version if dist is not None else None
+        if allowed is not None and ep.name not in allowed and dist_name not in allowed:
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # a broken plugin must not stop the others
+            pm.failures.append(PluginFailure(ep.name, dist_name, version, f"{type(exc).__name__}: {exc}"))
+            continue
+        pm.origins[ep.name] = Origin("plugin", ep.name, dist_name, version)
+    return pm
+
+
+def _call_each(pm: _Manager, hook_name: str, make_register: Callable[[Origin], Callable[..., None]],
+               registry: Registry) -> None:
+    # Each implementation is called on its own so that what it registers carries
+    # its origin, and so that one plugin raising does not hide the others.
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        origin = pm.origin_of(impl.plugin_name)
+        try:
+            impl.function(register=make_register(origin))
+        except UsageError:
+            raise
+        except Exception as exc:
+            if origin.kind != "plugin":
+                raise
+            registry.failures.append(PluginFailure(origin.plugin, origin.distribution, origin.version,
+                                                   f"{hook_name} raised {type(exc).__name__}: {exc}"))
+
+
+def build_registry(pm: _Manager) -> Registry:
+    """Ask every plugin what it registers. Name clashes are errors that name both origins."""
+    registry = Registry(failures=list(pm.failures))
+
+    def clash(kind: str, name: str, first: Origin, second: Origin) -> PluginError:
+        return PluginError(f"{kind} '{name}' is registered twice: by {first} and by {second}",
+                           where=f"plugin {second}", hint="uninstall one of the two, or use --plugins to choose")
+
+    def pass_register(origin: Origin) -> Callable[[type], None]:
+        def register(cls: type) -> None:
+            name = getattr(cls, "name", "")
+            if not name:
+                raise PluginError(f"{cls!r} has no name", where=f"plugin {origin}", hint="set the class attribute 'name'")
+            if name in registry.passes:
+                raise clash("pass", name, registry.passes[name].origin, origin)
+            registry.passes[name] = PassInfo(cls, origin)
+        return register
+
+    def preset_register(origin: Origin) -> Callable[..., None]:
+        def register(name: str, transforms: str, description: str = "", lossy: bool = False) -> None:
+            if name in registry.presets or name in registry.passes:
+                first = registry.presets[name].origin if name in registry.presets else registry.passes[name].origin
+                raise clash("preset", name, first, origin)
+            registry.presets[name] = PresetInfo(name, transforms, description, origin, lossy)
+        return register
+
+    def command_register(origin: Origin) -> Callable[..., None]:
+        def register(name: str, help: str, configure: Callable[..., None], run: Callable[..., int]) -> None:
+            if name in registry.commands:
+                raise clash("command", name, registry.commands[name].origin, origin)
+            registry.commands[name] = CommandInfo(name, help, configure, run, origin)
+        return register
+
+    _call_each(pm, "register_passes", pass_register, registry)
+    _call_each(pm, "register_presets", preset_register, registry)
+    _call_each(pm, "register_commands", command_register, registry)
+    return registry
+
+
+def plugin_summaries(pm: _Manager) -> list[dict[str, Any]]:
+    """The loaded plugins and the hooks each implements, for ``graphopt plugins``."""
+    out = []
+    for name, plugin in pm.list_name_plugin():
+        origin = pm.origin_of(name)
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        out.append({"name": name, "kind": origin.kind, "distribution": origin.distribution,
+                    "version": origin.version, "hooks": hooks})
+    return out
+
+
+@dataclass
+class Host:
+    """A plugin manager together with the registry built from it: what a pipeline or CLI runs against."""
+
+    pm: _Manager
+    registry: Registry
+
+    @classmethod
+    def create(cls, *, plugins: bool | None = None, allow: list[str] | None = None) -> "Host":
+        pm = get_plugin_manager(plugins=plugins, allow=allow)
+        return cls(pm, build_registry(pm))
+
+
+_default: Host | None = None
+
+
+def default_host() -> Host:
+    """The process-wide host used when none is given (built once, on first use)."""
+    global _default
+    if _default is None:
+        _default = Host.create()
+    return _default
+
+
+def set_default_host(host: Host | None) -> None:
+    """Replace (or with ``None`` reset) the process-wide host, e.g. after the CLI read --no-plugins."""
+    global _default
+    _default = host
