@@ -1,0 +1,98 @@
+"""Run a frozen :class:`~graphopt.model.Model` the way TF Serving runs a TF1 SavedModel: one session.
+
+Used by verification, benchmarks, the local PredictionService and tests. Init ops
+(table initialisers) run once when the session is made, as TF Serving runs a
+SavedModel's main op at load.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from graphopt.errors import InputError
+from graphopt.model import Model, Signature
+
+
+def session_config(*, grappler: bool = True, intra_op: int = 0, inter_op: int = 0):
+    """A ``ConfigProto``; ``grappler=False`` turns runtime graph optimisation off (pre-optimized graphs)."""
+    import tensorflow as tf
+
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op, inter_op_parallelism_threads=inter_op)
+    if not grappler:
+        config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return config
+
+
+class Session:
+    """A TF session over one model: ``Session(model).run({"input": array})`` -> ``{"output": array}``."""
+
+    def __init__(self, model: Model, *, config: Any = None) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.graph_util.import_graph_def(model.graph_def, name="")
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        if model.init_ops:
+            self.session.run([self.graph.get_operation_by_name(n.split(":")[0]) for n in model.init_ops])
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        sig = self.model.signature
+        missing = sorted(set(sig.inputs) - set(feeds))
+        if missing:
+            raise InputError(f"no value for input {', '.join(missing)}", where=f"signature {sig.key}",
+                             hint=f"inputs are: {', '.join(sig.inputs)}")
+        feed_dict = {sig.inputs[k].name: v for k, v in feeds.items() if k in sig.inputs}
+        keys = list(sig.outputs)
+        values = self.session.run([sig.outputs[k].name for k in keys], feed_dict=feed_dict)
+        return dict(zip(keys, values))
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def run_model(model: Model, feeds: Mapping[str, Any], *, config: Any = None) -> dict[str, np.ndarray]:
+    """Run once and close: outputs by signature key."""
+    with Session(model, config=config) as sess:
+        return sess.run(feeds)
+
+
+def random_inputs(signature: Signature, *, batch: int = 1, dynamic: int = 32, seed: int = 0,
+                  vocabulary: Mapping[str, list] | None = None) -> dict[str, np.ndarray]:
+    """Inputs from the signature's dtypes and shapes. Unknown batch dims get ``batch``, other unknown dims ``dynamic``.
+
+    ``vocabulary`` maps an input key to values to draw from (string inputs that
+    should hit a lookup table); other strings are short random words.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for key, spec in signature.inputs.items():
+        shape = spec.shape if spec.shape is not None else (batch,)
+        shape = tuple((batch if i == 0 else dynamic) if d is None or d < 0 else d for i, d in enumerate(shape))
+        dtype = tf.as_dtype(spec.dtype)
+        if dtype == tf.string:
+            pool = list((vocabulary or {}).get(key) or [f"w{i}" for i in range(10)])
+            values = rng.choice(np.array([str(v) for v in pool], dtype=object), size=shape)
+            out[key] = values.astype(object).astype(bytes)
+        elif dtype == tf.bool:
+            out[key] = rng.random(shape) > 0.5
+        elif dtype.is_integer:
+            lo, hi = (0, 255) if dtype == tf.uint8 else (0, 10)
+            out[key] = rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype.as_numpy_dtype)
+        elif dtype.is_floating:
+            out[key] = rng.random(shape).astype(dtype.as_numpy_dtype)
+        else:
+            raise InputError(f"cannot generate inputs of dtype {spec.dtype}", where=f"input {key}",
+                             hint="give sample inputs with --sample FILE.npz")
+    return out

@@ -1,0 +1,54 @@
+"""Shared fixtures. Models are built once per session and cached under one temp dir.
+
+Builders for test models live in ``tests/models.py`` (plain functions, cached by
+``model_path``); fixtures here only wire them into pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One folder per test session where built models are kept."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def model_path(cache_dir):
+    """``model_path(name, builder)`` -> path; ``builder(path)`` writes the model there once per session."""
+    def get(name: str, builder):
+        path = cache_dir / name
+        if not path.exists():
+            builder(path)
+        return path
+    return get
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: ``code, out, err = cli("inspect", path, "--json")``."""
+    from graphopt.cli.main import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return run
+
+
+def run_subprocess(*args, env=None, timeout=600):
+    """Run ``python -m graphopt ARGS`` as a user would; returns CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "graphopt", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
