@@ -1,0 +1,102 @@
+"""Ops that reach outside the process, found before a graph from a stranger is executed.
+
+Loading a GraphDef is harmless; *running* it (verification, benchmarks, the local
+server) executes whatever ops it holds. A model from an untrusted source can
+read or write files, call back into Python, open network connections or load
+checkpoints. :func:`scan` lists such ops in the graph and in every function of
+its library; :func:`ensure_safe` refuses to go on unless the user allowed them
+(``--allow-unsafe-ops``). ``graphopt inspect`` shows the findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from graphopt.errors import UnsafeGraphError
+
+# op -> why it is dangerous. Grouped by what the op can do.
+_FILES = "reads or writes files"
+_PYTHON = "runs arbitrary Python code"
+_NETWORK = "opens network connections"
+_CHECKPOINT = "saves or restores checkpoints from disk"
+
+UNSAFE_OPS: dict[str, str] = {
+    **{op: _PYTHON for op in ("PyFunc", "PyFuncStateless", "EagerPyFunc")},
+    **{op: _FILES for op in (
+        "ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "InitializeTableFromTextFile",
+        "InitializeTableFromTextFileV2", "TextLineReader", "TextLineReaderV2", "TFRecordReader", "TFRecordReaderV2",
+        "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "WholeFileReader", "WholeFileReaderV2",
+        "IdentityReader", "IdentityReaderV2", "LMDBReader", "ReaderRead", "ReaderReadV2", "ReaderReadUpTo",
+        "ReaderReadUpToV2", "TextLineDataset", "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2", "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset",
+        "ExperimentalSqlDataset", "LMDBDataset", "ExperimentalLMDBDataset", "DatasetToTFRecord",
+        "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2", "LoadDataset", "SnapshotDataset",
+        "SnapshotDatasetV2", "CreateSummaryFileWriter", "WriteSummary", "WriteScalarSummary",
+        "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
+        "WriteRawProtoSummary", "CreateSummaryDbWriter", "ImportEvent", "DecodeProtoV2", "EncodeProto",
+        "LoadAndRemapMatrix", "GenerateVocabRemapping", "DebugIdentityV3",
+    )},
+    **{op: _NETWORK for op in (
+        "DebugIdentity", "DebugIdentityV2", "DebugNanCount", "DebugNumericSummary", "DebugNumericSummaryV2",
+        "DataServiceDataset", "DataServiceDatasetV2", "DataServiceDatasetV3", "DataServiceDatasetV4",
+        "RegisterDataset", "RegisterDatasetV2", "CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3",
+        "CollectiveGather", "CollectiveGatherV2", "CollectiveBcastSend", "CollectiveBcastRecv",
+        "CollectiveBcastSendV2", "CollectiveBcastRecvV2", "CollectiveAllToAllV2", "CollectiveAllToAllV3",
+        "GcsConfigureCredentials", "GcsConfigureBlockCache", "BigQueryReader",
+    )},
+    **{op: _CHECKPOINT for op in (
+        "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2", "RestoreSlice", "MergeV2Checkpoints",
+        "ShardedFilename", "ShardedFilespec",
+    )},
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One unsafe op: where it is (node, and function if inside the library) and what it can do."""
+
+    node: str
+    op: str
+    reason: str
+    function: str | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.function}/{self.node}" if self.function else self.node
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"node": self.node, "op": self.op, "reason": self.reason, "function": self.function}
+
+
+def scan(graph_def) -> list[Finding]:
+    """Every unsafe op in the graph and in its function library."""
+    found = [Finding(n.name, n.op, UNSAFE_OPS[n.op]) for n in graph_def.node if n.op in UNSAFE_OPS]
+    for fn in graph_def.library.function:
+        found.extend(Finding(n.name, n.op, UNSAFE_OPS[n.op], fn.signature.name)
+                     for n in fn.node_def if n.op in UNSAFE_OPS)
+    return found
+
+
+def ensure_safe(graph_def, *, allow: bool | Iterable[str] = False, action: str = "run the graph",
+                source: str | None = None) -> list[Finding]:
+    """Raise :class:`UnsafeGraphError` if the graph holds unsafe ops not allowed.
+
+    ``allow=True`` allows all; an iterable of op names allows just those.
+    Returns the findings that were allowed.
+    """
+    findings = scan(graph_def)
+    if allow is True:
+        return findings
+    allowed = set(allow or ())
+    refused = [f for f in findings if f.op not in allowed]
+    if refused:
+        ops = sorted({f.op for f in refused})
+        raise UnsafeGraphError(
+            f"refusing to {action}: the graph holds {len(refused)} op(s) that reach outside the process "
+            f"({', '.join(ops)})", where=source,
+            details=[f"{f.location}: {f.op} {f.reason}" for f in refused[:8]]
+            + ([f"... and {len(refused) - 8} more"] if len(refused) > 8 else []),
+            hint="if you trust this model, rerun with --allow-unsafe-ops (or --allow-unsafe-ops "
+                 + ",".join(ops) + ")")
+    return findings
