@@ -31,7 +31,7 @@ class StepSpec:
 
     name: str
     args: tuple[tuple[str, str], ...] = ()
-    position: int = 0
+    position: int = field(default=0, compare=False)  # for error messages, not identity
 
     def options(self) -> dict[str, str | list[str]]:
         """Arguments grouped by key: one value stays a string, repeated keys become a list."""
@@ -51,7 +51,7 @@ class GroupSpec:
 
     steps: tuple["StepSpec | GroupSpec", ...] = field(default_factory=tuple)
     max_iterations: int = DEFAULT_REPEAT
-    position: int = 0
+    position: int = field(default=0, compare=False)  # for error messages, not identity
 
 
 def _error(text: str, pos: int, message: str, hint: str | None = None) -> UsageError:
