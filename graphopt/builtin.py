@@ -17,6 +17,7 @@ PASS_MODULES = [
 COMMAND_MODULES = {
     "passes": "graphopt.cli.commands.passes",
     "plugins": "graphopt.cli.commands.plugins",
+    "bench": "graphopt.cli.commands.bench",
 }
 
 PRESETS = [

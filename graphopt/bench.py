@@ -1,0 +1,462 @@
+"""Benchmarks: size, nodes, cold start in a fresh process, warm latency and peak memory, several models side by side.
+
+What is measured, and why this way:
+
+* **size** is what is on disk (a SavedModel folder counts every file in it),
+  **nodes** counts the frozen graph plus function bodies, **constant bytes**
+  the weights held in ``Const`` nodes.
+* **cold start** runs in a fresh Python process that imports TensorFlow first
+  (not counted: every server has already paid it), then loads the model the way
+  TF Serving does -- ``tf.compat.v1.saved_model.loader.load`` with tag ``serve``
+  in a new session, which runs the main op (table initialisers) -- and then
+  makes the first inference, timed separately: that is where runtime Grappler
+  runs and where a first request pays. Frozen ``.pb`` files are imported and
+  run. **Peak memory** is the rise of that process's peak RSS above its RSS
+  after importing TensorFlow.
+* **warm latency** loads every model in one process, warms each up, then runs
+  them interleaved run by run on the same inputs (so background load on a
+  shared machine hits all models alike), and reports median and p90.
+* ``grappler=False`` makes sessions with runtime Grappler off, as a
+  pre-optimized model is served with its shipped session config.
+
+Core code: returns a :class:`BenchReport`; ``graphopt bench`` renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from graphopt.errors import GraphoptError, InputError, UsageError
+from graphopt.model import Model
+
+SAVED_MODEL_FORMATS = ("saved_model", "saved_model_tf1")
+GRAPH_FORMATS = ("pb", "pbtxt", "graph_def")
+RATIO_FIELDS = ("disk_bytes", "nodes", "const_bytes", "load_s", "first_run_s", "cold_s", "peak_rss_bytes",
+                "median_ms", "p90_ms")
+
+
+@dataclass
+class ColdStart:
+    """One fresh process: load, first inference, and memory above the TF-imported baseline (medians if repeated)."""
+
+    load_s: float
+    first_run_s: float
+    peak_rss_bytes: int
+    rss_after_bytes: int
+    method: str
+    repeats: int = 1
+
+    @property
+    def total_s(self) -> float:
+        return self.load_s + self.first_run_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "total_s": self.total_s}
+
+
+@dataclass
+class WarmLatency:
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    warmup: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ModelBench:
+    """Everything measured for one model. ``ratios`` are against the first model of the run."""
+
+    label: str
+    source: str
+    format: str
+    disk_bytes: int
+    graph_bytes: int
+    nodes: int
+    function_nodes: int
+    const_bytes: int
+    grappler: bool
+    cold: ColdStart | None = None
+    warm: WarmLatency | None = None
+    ratios: dict[str, float | None] = field(default_factory=dict)
+
+    def value(self, name: str) -> float | None:
+        if name in ("load_s", "first_run_s", "peak_rss_bytes"):
+            return getattr(self.cold, name) if self.cold else None
+        if name == "cold_s":
+            return self.cold.total_s if self.cold else None
+        if name in ("median_ms", "p90_ms"):
+            return getattr(self.warm, name) if self.warm else None
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("cold", "warm")}
+        d["cold"] = self.cold.to_dict() if self.cold else None
+        d["warm"] = self.warm.to_dict() if self.warm else None
+        return d
+
+
+@dataclass
+class BenchReport:
+    models: list[ModelBench]
+    runs: int
+    warmup: int
+    inputs: dict[str, dict[str, Any]]
+    input_source: str
+    machine: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "runs": self.runs, "warmup": self.warmup, "inputs": self.inputs,
+                "input_source": self.input_source, "models": [m.to_dict() for m in self.models],
+                "notes": list(self.notes)}
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a figure was measured on: CPU, cores, memory, Python and TensorFlow versions."""
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "os": platform.platform(terse=True), "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+    try:
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+# --- targets -----------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    label: str
+    model: Model
+    path: Path
+    format: str
+    disk_bytes: int
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes on disk of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _resolve(source: str | Path | Model, label: str | None, signature: str | None, tmp: Path, index: int) -> _Target:
+    if isinstance(source, Model):
+        model = source
+        path = Path(model.source) if model.source and os.path.exists(model.source) else None
+        fmt = model.format
+        if path is not None:
+            from graphopt.loaders import detect
+
+            fmt = detect(path)
+        else:
+            # An in-memory model is measured as the frozen .pb it would be written as.
+            path = tmp / f"model{index}.pb"
+            path.write_bytes(model.graph_def.SerializeToString())
+            fmt = "graph_def"
+    else:
+        from graphopt.loaders import detect, load
+
+        path = Path(source)
+        fmt = detect(path)
+        model = load(path, signature=signature)
+    if label is None and isinstance(source, Model) and fmt == "graph_def" and model.source:
+        label = Path(model.source).name or None
+    return _Target(label or _default_label(path, index), model, path, fmt, disk_bytes(path))
+
+
+def _default_label(path: Path, index: int) -> str:
+    name = path.name if not path.name.isdigit() else f"{path.parent.name}/{path.name}"
+    return name or f"model{index}"
+
+
+def _count_nodes(model: Model) -> tuple[int, int]:
+    fn_nodes = sum(len(f.node_def) for f in model.graph_def.library.function)
+    return len(model.graph_def.node) + fn_nodes, fn_nodes
+
+
+def _const_bytes(model: Model) -> int:
+    from graphopt.analysis import constant_info
+
+    total = 0
+    nodes = list(model.graph_def.node) + [n for f in model.graph_def.library.function for n in f.node_def]
+    for node in nodes:
+        if node.op == "Const":
+            info = constant_info(node)
+            total += info.bytes if info else 0
+    return total
+
+
+# --- sessions: the same code opens a model in the fresh process and in the warm loop ---------
+
+
+def _session_spec(target: _Target, grappler: bool, tags: Sequence[str]) -> dict[str, Any]:
+    sig = target.model.signature
+    return {"format": target.format, "path": str(target.path), "tags": list(tags), "signature": sig.key,
+            "inputs": {k: v.name for k, v in sig.inputs.items()}, "outputs": {k: v.name for k, v in sig.outputs.items()},
+            "init_ops": list(target.model.init_ops), "grappler": grappler}
+
+
+class _ServingSession:
+    """A session over one model opened as TF Serving would (SavedModel) or by import (frozen graphs)."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        import tensorflow as tf
+
+        from graphopt.runtime import session_config
+
+        config = session_config(grappler=bool(spec["grappler"]))
+        fmt = spec["format"]
+        self.graph = tf.Graph()
+        if fmt in SAVED_MODEL_FORMATS:
+            self.method = "saved_model loader (tag " + ",".join(spec["tags"]) + ")"
+            self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+            with self.graph.as_default():
+                meta = tf.compat.v1.saved_model.loader.load(self.session, list(spec["tags"]), spec["path"])
+            sig = meta.signature_def[spec["signature"]]
+            self.inputs = {k: v.name for k, v in sig.inputs.items()}
+            self.outputs = {k: v.name for k, v in sig.outputs.items()}
+        elif fmt in GRAPH_FORMATS:
+            self.method = "import_graph_def"
+            gd = tf.compat.v1.GraphDef()
+            data = Path(spec["path"]).read_bytes()
+            if fmt == "pbtxt":
+                from google.protobuf import text_format
+
+                text_format.Parse(data.decode("utf-8"), gd)
+            else:
+                gd.ParseFromString(data)
+            with self.graph.as_default():
+                tf.graph_util.import_graph_def(gd, name="")
+            self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+            if spec["init_ops"]:
+                self.session.run([self.graph.get_operation_by_name(n.split(":")[0]) for n in spec["init_ops"]])
+            self.inputs, self.outputs = dict(spec["inputs"]), dict(spec["outputs"])
+        else:
+            # Keras files, checkpoints, Hub modules: TF Serving cannot load them; graphopt's loader freezes them.
+            from graphopt.loaders import load
+            from graphopt.runtime import Session
+
+            self.method = "graphopt loader (freezes on load)"
+            model = load(spec["path"], signature=spec["signature"])
+            inner = Session(model, config=config)
+            self.graph, self.session = inner.graph, inner.session
+            self.inputs = {k: v.name for k, v in model.signature.inputs.items()}
+            self.outputs = {k: v.name for k, v in model.signature.outputs.items()}
+        self._fetch_keys = list(self.outputs)
+        self._fetches = [self.outputs[k] for k in self._fetch_keys]
+
+    def feed_dict(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {self.inputs[k]: v for k, v in feeds.items() if k in self.inputs}
+
+    def run(self, feed_dict: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self._fetches, feed_dict=feed_dict)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _cold_child(spec_file: str) -> None:
+    """Entry point of the fresh process (TensorFlow is already imported): print one JSON line."""
+    import resource
+
+    import psutil
+
+    spec = json.loads(Path(spec_file).read_text())
+    proc = psutil.Process()
+    base_rss = proc.memory_info().rss
+    with np.load(spec["feeds"], allow_pickle=False) as data:
+        feeds = {k: data[k] for k in data.files}
+    t0 = time.perf_counter()
+    sess = _ServingSession(spec)
+    t1 = time.perf_counter()
+    feed_dict = sess.feed_dict(feeds)
+    t2 = time.perf_counter()
+    sess.run(feed_dict)
+    t3 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    rss = proc.memory_info().rss
+    print("GRAPHOPT_COLD " + json.dumps({"load_s": t1 - t0, "first_run_s": t3 - t2, "method": sess.method,
+                                         "peak_rss_bytes": max(peak, rss) - base_rss,
+                                         "rss_after_bytes": rss - base_rss}))
+
+
+_CHILD = ("import os, sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2'); import tensorflow; "
+          "from graphopt.bench import _cold_child; _cold_child(sys.argv[1])")
+
+
+def cold_start(spec: Mapping[str, Any], feeds_file: Path, *, repeats: int = 1, timeout: float = 900) -> ColdStart:
+    """Load + first inference in ``repeats`` fresh processes; medians of each figure."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="graphopt-cold-") as tmp:
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps({**spec, "feeds": str(feeds_file)}))
+        for _ in range(repeats):
+            try:
+                proc = subprocess.run([sys.executable, "-c", _CHILD, str(spec_file)], capture_output=True, text=True,
+                                      timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            except subprocess.TimeoutExpired:
+                raise InputError(f"cold start did not finish within {timeout:.0f} s", where=spec["path"]) from None
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("GRAPHOPT_COLD ")), None)
+            if proc.returncode != 0 or line is None:
+                tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+                raise InputError(f"cold-start process failed (exit {proc.returncode}): {tail}", where=spec["path"],
+                                 hint="rerun with --debug, or bench with --no-cold")
+            results.append(json.loads(line[len("GRAPHOPT_COLD "):]))
+    med = lambda k: statistics.median(r[k] for r in results)  # noqa: E731
+    return ColdStart(load_s=med("load_s"), first_run_s=med("first_run_s"), peak_rss_bytes=int(med("peak_rss_bytes")),
+                     rss_after_bytes=int(med("rss_after_bytes")), method=results[0]["method"], repeats=repeats)
+
+
+def warm_latency(sessions: Sequence[_ServingSession], feeds: Sequence[Mapping[str, np.ndarray]], *, runs: int,
+                 warmup: int) -> list[WarmLatency]:
+    """Warm each session up, then time them interleaved run by run (start rotating each round)."""
+    dicts = [s.feed_dict(f) for s, f in zip(sessions, feeds)]
+    for s, d in zip(sessions, dicts):
+        for _ in range(warmup):
+            s.run(d)
+    times: list[list[float]] = [[] for _ in sessions]
+    n = len(sessions)
+    for r in range(runs):
+        for j in range(n):
+            i = (r + j) % n
+            t0 = time.perf_counter()
+            sessions[i].run(dicts[i])
+            times[i].append((time.perf_counter() - t0) * 1000)
+    out = []
+    for t in times:
+        arr = np.array(t)
+        out.append(WarmLatency(float(np.median(arr)), float(np.percentile(arr, 90)), float(arr.mean()),
+                               float(arr.min()), runs, warmup))
+    return out
+
+
+# --- the whole run -------------------------------------------------------------------------
+
+
+def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None = None, runs: int = 20,
+          warmup: int = 3, grappler: bool | Sequence[bool] = True, cold: bool = True, cold_repeats: int = 1,
+          warm: bool = True, signature: str | None = None, samples: str | Path | Mapping[str, Any] | None = None,
+          batch: int = 1, dynamic: int = 32, seed: int = 0, tags: Sequence[str] = ("serve",),
+          allow_unsafe: bool | Iterable[str] = False) -> BenchReport:
+    """Measure every source (paths or Models) and compare each with the first.
+
+    ``grappler`` is one flag for all, or one per source (e.g. on for the original,
+    off for a pre-optimized model served with its shipped config). Inputs are the
+    same for every model: ``samples`` (an ``.npz`` or arrays) or generated from
+    the first model's signature (see :func:`graphopt.verify.make_inputs`).
+    """
+    from graphopt.safety import ensure_safe
+    from graphopt.verify import load_samples, make_inputs
+
+    if not sources:
+        raise UsageError("give at least one model to benchmark")
+    if runs < 1 or warmup < 0 or cold_repeats < 1:
+        raise UsageError("--runs and --cold-repeats must be >= 1 and --warmup >= 0")
+    if labels is not None and len(labels) != len(sources):
+        raise UsageError("one label per model")
+    flags = [grappler] * len(sources) if isinstance(grappler, bool) else list(grappler)
+    if len(flags) != len(sources):
+        raise UsageError("one grappler flag per model")
+    with tempfile.TemporaryDirectory(prefix="graphopt-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        targets = [_resolve(s, labels[i] if labels else None, signature, tmp, i) for i, s in enumerate(sources)]
+        for t in targets:
+            ensure_safe(t.model.graph_def, allow=allow_unsafe, action="run it for benchmarking", source=str(t.path))
+        first = targets[0].model
+        notes: list[str] = []
+        if samples is None:
+            base_feeds = make_inputs(first, batch=batch, dynamic=dynamic, seed=seed)
+            source = f"random (seed {seed}, batch {batch}, unknown dims {dynamic})"
+        elif isinstance(samples, (str, Path)):
+            base_feeds, source = load_samples(samples, first.signature), f"samples from {samples}"
+        else:
+            base_feeds, source = {k: np.asarray(v) for k, v in samples.items()}, "given samples"
+        feeds = []
+        for t in targets:
+            if set(t.model.signature.inputs) == set(base_feeds):
+                feeds.append(base_feeds)
+            else:
+                notes.append(f"{t.label}: signature inputs differ from the first model's; inputs generated for it")
+                feeds.append(make_inputs(t.model, batch=batch, dynamic=dynamic, seed=seed))
+        results = []
+        for t, g in zip(targets, flags):
+            nodes, fn_nodes = _count_nodes(t.model)
+            results.append(ModelBench(label=t.label, source=str(t.path), format=t.format, disk_bytes=t.disk_bytes,
+                                      graph_bytes=t.model.size_bytes, nodes=nodes, function_nodes=fn_nodes,
+                                      const_bytes=_const_bytes(t.model), grappler=g))
+        specs = [_session_spec(t, g, tags) for t, g in zip(targets, flags)]
+        if cold:
+            for i, (spec, res) in enumerate(zip(specs, results)):
+                feeds_file = tmp / f"feeds{i}.npz"
+                np.savez(feeds_file, **feeds[i])
+                res.cold = cold_start(spec, feeds_file, repeats=cold_repeats)
+        if warm:
+            sessions = []
+            try:
+                for spec in specs:
+                    sessions.append(_open(spec))
+                try:
+                    latencies = warm_latency(sessions, feeds, runs=runs, warmup=warmup)
+                except Exception as exc:  # a TF runtime error: the model does not run on these inputs
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                    raise InputError(f"a model failed while benchmarking: {first}",
+                                     hint="give real inputs with --sample FILE.npz") from None
+                for res, lat in zip(results, latencies):
+                    res.warm = lat
+            finally:
+                for s in sessions:
+                    s.close()
+    _fill_ratios(results)
+    return BenchReport(results, runs, warmup, {k: {"dtype": str(v.dtype), "shape": list(v.shape)}
+                                               for k, v in base_feeds.items()}, source, machine_info(), notes)
+
+
+def _open(spec: Mapping[str, Any]) -> _ServingSession:
+    try:
+        return _ServingSession(spec)
+    except GraphoptError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InputError(f"cannot open the model for benchmarking: {first}", where=spec["path"]) from None
+
+
+def _fill_ratios(results: list[ModelBench]) -> None:
+    base = results[0]
+    for res in results:
+        for name in RATIO_FIELDS:
+            a, b = base.value(name), res.value(name)
+            res.ratios[name] = (b / a) if a and b is not None else None

@@ -1,0 +1,98 @@
+"""``graphopt bench``: every figure present and sane on two tiny models (no timing assertions beyond > 0)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from graphopt.bench import RATIO_FIELDS, bench
+from graphopt.errors import ExitCode
+from graphopt.model import Model, Signature, TensorSpec
+
+
+def _mlp(seed: int, hidden: int) -> Model:
+    import tensorflow as tf
+
+    g = tf.Graph()
+    rng = np.random.default_rng(seed)
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 16], name="x")
+        h = tf.nn.relu(tf.matmul(x, tf.constant(rng.normal(size=(16, hidden)).astype(np.float32), name="w1")))
+        tf.identity(tf.matmul(h, tf.constant(rng.normal(size=(hidden, 4)).astype(np.float32), name="w2")), name="y")
+    sig = Signature(inputs={"x": TensorSpec("x:0", "float32", (None, 16))},
+                    outputs={"y": TensorSpec("y:0", "float32", (None, 4))})
+    return Model(g.as_graph_def(), sig, source=f"mlp{hidden}")
+
+
+def _saved_model(model: Model, path) -> None:
+    """A TF1 SavedModel of a frozen graph, as TF Serving loads it."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        tf.graph_util.import_graph_def(model.graph_def, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            tf.compat.v1.saved_model.simple_save(sess, str(path), {"x": g.get_tensor_by_name("x:0")},
+                                                 {"y": g.get_tensor_by_name("y:0")})
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    small, big = _mlp(0, 8), _mlp(1, 64)
+    pb = root / "small.pb"
+    pb.write_bytes(small.graph_def.SerializeToString())
+    _saved_model(big, root / "big")
+    return pb, root / "big", small, big
+
+
+def test_bench_two_models_all_fields(two_models):
+    pb, sm, small, big = two_models
+    report = bench([str(pb), str(sm)], runs=3, warmup=1, grappler=[True, False])
+    a, b = report.models
+    assert (a.label, b.label) == ("small.pb", "big")
+    assert (a.format, b.format) == ("pb", "saved_model_tf1")
+    assert a.disk_bytes == pb.stat().st_size
+    assert b.disk_bytes > (sm / "saved_model.pb").stat().st_size - 1
+    assert a.nodes == len(small.graph_def.node) and b.nodes == len(big.graph_def.node)
+    assert a.const_bytes == (16 * 8 + 8 * 4) * 4 and b.const_bytes == (16 * 64 + 64 * 4) * 4
+    for res in (a, b):
+        assert res.cold.load_s > 0 and res.cold.first_run_s > 0 and res.cold.total_s > 0
+        assert res.cold.peak_rss_bytes > 0
+        assert res.warm.median_ms > 0 and res.warm.p90_ms >= res.warm.median_ms and res.warm.runs == 3
+    assert a.cold.method == "import_graph_def" and b.cold.method.startswith("saved_model loader")
+    assert (a.grappler, b.grappler) == (True, False)
+    assert all(a.ratios[k] == 1.0 for k in RATIO_FIELDS)
+    assert b.ratios["const_bytes"] == pytest.approx(b.const_bytes / a.const_bytes)
+    assert set(b.ratios) == set(RATIO_FIELDS) and all(v is not None and v > 0 for v in b.ratios.values())
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["inputs"] == {"x": {"dtype": "float32", "shape": [1, 16]}} and d["machine"]["cores"] >= 1
+
+
+def test_bench_in_memory_model_without_cold_start():
+    report = bench([_mlp(0, 8)], runs=2, warmup=0, cold=False)
+    (res,) = report.models
+    assert res.label == "mlp8" and res.format == "graph_def" and res.cold is None
+    assert res.warm.median_ms > 0 and res.ratios["cold_s"] is None
+
+
+def test_bench_cli_json_and_table(cli, two_models):
+    pb, sm, _, _ = two_models
+    code, out, _ = cli("bench", pb, sm, "--json", "--runs", "2", "--warmup", "0", "--no-cold")
+    assert code == 0
+    data = json.loads(out)
+    assert [m["label"] for m in data["models"]] == ["small.pb", "big"]
+    code, out, _ = cli("bench", pb, sm, "--runs", "2", "--warmup", "0", "--no-cold", "--label", "a", "--label", "b")
+    assert code == 0 and "warm median ms" in out and "nodes" in out
+
+
+def test_bench_cli_usage_errors(cli, two_models):
+    pb, sm, _, _ = two_models
+    code, _, err = cli("bench", pb, sm, "--grappler", "on,off,on")
+    assert code == ExitCode.USAGE and "--grappler" in err
+    code, _, err = cli("bench")
+    assert code == ExitCode.USAGE
+    code, _, err = cli("bench", "/nonexistent/model.pb")
+    assert code == ExitCode.INPUT
