@@ -16,8 +16,11 @@ What is measured, and why this way:
 * **warm latency** loads every model in one process, warms each up, then runs
   them interleaved run by run on the same inputs (so background load on a
   shared machine hits all models alike), and reports median and p90.
-* ``grappler=False`` makes sessions with runtime Grappler off, as a
-  pre-optimized model is served with its shipped session config.
+* ``grappler`` sets runtime Grappler per model as TF Serving's session config
+  would: ``"full"`` (TensorFlow's default), ``"off"`` (what a model
+  pre-optimized by ``grappler_optimize`` ships), ``"constfold"`` (what fp16/int8
+  weights ship), or ``"shipped"``: the ``session_config.pbtxt`` found beside
+  the model (see :mod:`graphopt.serving_config`), else ``"full"``.
 
 Core code: returns a :class:`BenchReport`; ``graphopt bench`` renders it.
 """
@@ -91,7 +94,7 @@ class ModelBench:
     nodes: int
     function_nodes: int
     const_bytes: int
-    grappler: bool
+    grappler: str  # runtime optimizer the sessions ran with: full | off | constfold | custom
     cold: ColdStart | None = None
     warm: WarmLatency | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
@@ -219,14 +222,70 @@ def _const_bytes(model: Model) -> int:
     return total
 
 
+def shipped_config_file(path: str | Path) -> Path | None:
+    """The ``session_config.pbtxt`` shipped with a model: in its folder, its ``assets.extra``, or the folders above."""
+    try:
+        from graphopt.serving_config import SESSION_CONFIG_FILE
+    except ImportError:  # pragma: no cover - older graphopt
+        SESSION_CONFIG_FILE = "session_config.pbtxt"
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder / SESSION_CONFIG_FILE, folder / "assets.extra" / SESSION_CONFIG_FILE,
+                      folder.parent / SESSION_CONFIG_FILE, folder.parent.parent / SESSION_CONFIG_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def describe_config(config: Any) -> str:
+    """``full``, ``off``, or the optimizers Grappler is limited to (``constfold``)."""
+    rewrite = config.graph_options.rewrite_options
+    if rewrite.disable_meta_optimizer:
+        return "off"
+    if rewrite.optimizers:
+        return ",".join(rewrite.optimizers)
+    return "full"
+
+
+def runtime_config(setting: bool | str, path: str | Path | None = None) -> tuple[Any, str]:
+    """A session ``ConfigProto`` for a runtime-optimizer setting, and its short description."""
+    import tensorflow as tf
+
+    if setting is True or setting in ("on", "full", "true"):
+        setting = "full"
+    elif setting is False or setting in ("off", "false"):
+        setting = "off"
+    if setting == "shipped":
+        found = shipped_config_file(path) if path is not None else None
+        if found is None:
+            return tf.compat.v1.ConfigProto(), "full (none shipped)"
+        from google.protobuf import text_format
+
+        try:
+            config = text_format.Parse(found.read_text(), tf.compat.v1.ConfigProto())
+        except (text_format.ParseError, OSError) as exc:
+            raise InputError(f"cannot read the shipped session config: {exc}", where=str(found)) from None
+        return config, f"{describe_config(config)} (shipped)"
+    if setting not in ("full", "off", "constfold"):
+        raise UsageError(f"runtime optimizer must be full, off, constfold or shipped, not {setting!r}",
+                         where="--grappler")
+    config = tf.compat.v1.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    if setting == "off":
+        rewrite.disable_meta_optimizer = True
+    elif setting == "constfold":
+        rewrite.optimizers.append("constfold")  # a non-empty list runs exactly these optimizers
+    return config, setting
+
+
 # --- sessions: the same code opens a model in the fresh process and in the warm loop ---------
 
 
-def _session_spec(target: _Target, grappler: bool, tags: Sequence[str]) -> dict[str, Any]:
+def _session_spec(target: _Target, config: Any, tags: Sequence[str]) -> dict[str, Any]:
     sig = target.model.signature
     return {"format": target.format, "path": str(target.path), "tags": list(tags), "signature": sig.key,
             "inputs": {k: v.name for k, v in sig.inputs.items()}, "outputs": {k: v.name for k, v in sig.outputs.items()},
-            "init_ops": list(target.model.init_ops), "grappler": grappler}
+            "init_ops": list(target.model.init_ops), "config": config.SerializeToString().hex()}
 
 
 class _ServingSession:
@@ -235,9 +294,7 @@ class _ServingSession:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         import tensorflow as tf
 
-        from graphopt.runtime import session_config
-
-        config = session_config(grappler=bool(spec["grappler"]))
+        config = tf.compat.v1.ConfigProto.FromString(bytes.fromhex(spec["config"]))
         fmt = spec["format"]
         self.graph = tf.Graph()
         if fmt in SAVED_MODEL_FORMATS:
@@ -367,14 +424,15 @@ def warm_latency(sessions: Sequence[_ServingSession], feeds: Sequence[Mapping[st
 
 
 def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None = None, runs: int = 20,
-          warmup: int = 3, grappler: bool | Sequence[bool] = True, cold: bool = True, cold_repeats: int = 1,
+          warmup: int = 3, grappler: bool | str | Sequence[bool | str] = "full", cold: bool = True,
+          cold_repeats: int = 1,
           warm: bool = True, signature: str | None = None, samples: str | Path | Mapping[str, Any] | None = None,
           batch: int = 1, dynamic: int = 32, seed: int = 0, tags: Sequence[str] = ("serve",),
           allow_unsafe: bool | Iterable[str] = False) -> BenchReport:
     """Measure every source (paths or Models) and compare each with the first.
 
-    ``grappler`` is one flag for all, or one per source (e.g. on for the original,
-    off for a pre-optimized model served with its shipped config). Inputs are the
+    ``grappler`` is one runtime-optimizer setting for all, or one per source
+    (e.g. ``["full", "shipped"]``): see the module docstring. Inputs are the
     same for every model: ``samples`` (an ``.npz`` or arrays) or generated from
     the first model's signature (see :func:`graphopt.verify.make_inputs`).
     """
@@ -387,9 +445,9 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
         raise UsageError("--runs and --cold-repeats must be >= 1 and --warmup >= 0")
     if labels is not None and len(labels) != len(sources):
         raise UsageError("one label per model")
-    flags = [grappler] * len(sources) if isinstance(grappler, bool) else list(grappler)
+    flags = [grappler] * len(sources) if isinstance(grappler, (bool, str)) else list(grappler)
     if len(flags) != len(sources):
-        raise UsageError("one grappler flag per model")
+        raise UsageError("one grappler setting per model")
     with tempfile.TemporaryDirectory(prefix="graphopt-bench-") as tmpdir:
         tmp = Path(tmpdir)
         targets = [_resolve(s, labels[i] if labels else None, signature, tmp, i) for i, s in enumerate(sources)]
@@ -412,12 +470,13 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
                 notes.append(f"{t.label}: signature inputs differ from the first model's; inputs generated for it")
                 feeds.append(make_inputs(t.model, batch=batch, dynamic=dynamic, seed=seed))
         results = []
-        for t, g in zip(targets, flags):
+        configs = [runtime_config(g, t.path) for t, g in zip(targets, flags)]
+        for t, (_, g) in zip(targets, configs):
             nodes, fn_nodes = _count_nodes(t.model)
             results.append(ModelBench(label=t.label, source=str(t.path), format=t.format, disk_bytes=t.disk_bytes,
                                       graph_bytes=t.model.size_bytes, nodes=nodes, function_nodes=fn_nodes,
                                       const_bytes=_const_bytes(t.model), grappler=g))
-        specs = [_session_spec(t, g, tags) for t, g in zip(targets, flags)]
+        specs = [_session_spec(t, c, tags) for t, (c, _) in zip(targets, configs)]
         if cold:
             for i, (spec, res) in enumerate(zip(specs, results)):
                 feeds_file = tmp / f"feeds{i}.npz"

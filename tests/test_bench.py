@@ -50,7 +50,7 @@ def two_models(tmp_path_factory):
 
 def test_bench_two_models_all_fields(two_models):
     pb, sm, small, big = two_models
-    report = bench([str(pb), str(sm)], runs=3, warmup=1, grappler=[True, False])
+    report = bench([str(pb), str(sm)], runs=3, warmup=1, grappler=["full", "off"])
     a, b = report.models
     assert (a.label, b.label) == ("small.pb", "big")
     assert (a.format, b.format) == ("pb", "saved_model_tf1")
@@ -63,7 +63,7 @@ def test_bench_two_models_all_fields(two_models):
         assert res.cold.peak_rss_bytes > 0
         assert res.warm.median_ms > 0 and res.warm.p90_ms >= res.warm.median_ms and res.warm.runs == 3
     assert a.cold.method == "import_graph_def" and b.cold.method.startswith("saved_model loader")
-    assert (a.grappler, b.grappler) == (True, False)
+    assert (a.grappler, b.grappler) == ("full", "off")
     assert all(a.ratios[k] == 1.0 for k in RATIO_FIELDS)
     assert b.ratios["const_bytes"] == pytest.approx(b.const_bytes / a.const_bytes)
     assert set(b.ratios) == set(RATIO_FIELDS) and all(v is not None and v > 0 for v in b.ratios.values())
@@ -96,3 +96,20 @@ def test_bench_cli_usage_errors(cli, two_models):
     assert code == ExitCode.USAGE
     code, _, err = cli("bench", "/nonexistent/model.pb")
     assert code == ExitCode.INPUT
+
+
+def test_shipped_session_config_is_used(two_models, tmp_path):
+    import shutil
+
+    from graphopt.bench import runtime_config
+
+    _, sm, _, _ = two_models
+    copy = tmp_path / "shipped"
+    shutil.copytree(sm, copy)
+    assert runtime_config("shipped", copy)[1] == "full (none shipped)"
+    (copy / "session_config.pbtxt").write_text("graph_options { rewrite_options { disable_meta_optimizer: true } }\n")
+    config, desc = runtime_config("shipped", copy)
+    assert desc == "off (shipped)" and config.graph_options.rewrite_options.disable_meta_optimizer
+    assert runtime_config("constfold")[0].graph_options.rewrite_options.optimizers == ["constfold"]
+    report = bench([str(copy)], runs=1, warmup=0, cold=False, grappler="shipped")
+    assert report.models[0].grappler == "off (shipped)"

@@ -20,9 +20,10 @@ def configure(parser) -> None:
     parser.add_argument("--sample", metavar="FILE.npz", help="inputs to run (default: generated from the signature)")
     parser.add_argument("--batch", type=int, default=1, help="size of unknown batch dimensions (default 1)")
     parser.add_argument("--dynamic", type=int, default=32, help="size of other unknown dimensions (default 32)")
-    parser.add_argument("--grappler", default="on", metavar="on|off|LIST",
-                        help="runtime Grappler in the sessions: on (TF Serving's default), off (what a "
-                             "pre-optimized model's shipped config does), or one per SRC, e.g. on,off")
+    parser.add_argument("--grappler", default="full", metavar="MODE[,MODE...]",
+                        help="runtime Grappler in the sessions: full (TF Serving's default), off, constfold, or "
+                             "shipped (the session_config.pbtxt shipped with the model); one for all or one per "
+                             "SRC, e.g. full,shipped")
     parser.add_argument("--no-cold", action="store_true", help="skip the fresh-process cold-start measurement")
     parser.add_argument("--cold-repeats", type=int, default=1, help="fresh processes per model (median)")
     parser.add_argument("--allow-unsafe-ops", nargs="?", const=True, default=False, metavar="OP,OP",
@@ -34,16 +35,17 @@ def configure(parser) -> None:
     srv.add_argument("--requests", type=int, default=200, help="requests per target (default 200)")
 
 
-def _grappler_flags(text: str, n: int) -> bool | list[bool]:
-    values = {"on": True, "true": True, "off": False, "false": False}
+def _grappler_flags(text: str, n: int) -> str | list[str]:
+    modes = {"on": "full", "true": "full", "full": "full", "off": "off", "false": "off", "constfold": "constfold",
+             "shipped": "shipped"}
     parts = [p.strip().lower() for p in text.split(",")]
-    if any(p not in values for p in parts):
-        raise UsageError(f"--grappler takes on, off or a list of them, not {text!r}")
+    if any(p not in modes for p in parts):
+        raise UsageError(f"--grappler takes full, off, constfold or shipped (or a list of them), not {text!r}")
     if len(parts) == 1:
-        return values[parts[0]]
+        return modes[parts[0]]
     if len(parts) != n:
         raise UsageError(f"--grappler lists {len(parts)} values for {n} models")
-    return [values[p] for p in parts]
+    return [modes[p] for p in parts]
 
 
 def run(args, ctx) -> int:
@@ -112,7 +114,7 @@ def render_report(report):
             cells.append("-" if v is None else fmt(v) + (_ratio(res.ratios.get(name)) if res is not report.models[0]
                                                           else ""))
         table.add_row(title_, *cells)
-    table.add_row("runtime Grappler", *("on" if r.grappler else "off" for r in report.models))
+    table.add_row("runtime Grappler", *(r.grappler for r in report.models))
     table.add_row("format", *(r.format for r in report.models))
     return table
 
