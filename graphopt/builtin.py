@@ -17,6 +17,8 @@ PASS_MODULES = [
 COMMAND_MODULES = {
     "passes": "graphopt.cli.commands.passes",
     "plugins": "graphopt.cli.commands.plugins",
+    "inspect": "graphopt.cli.commands.inspect",
+    "diff": "graphopt.cli.commands.diff",
     "bench": "graphopt.cli.commands.bench",
 }
 

@@ -15,13 +15,13 @@ float default that breaks non-float inputs (tensorflow#5913).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from graphopt.errors import PassError
+from graphopt.errors import PassError, UsageError
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
-from graphopt.transform_spec import format_step
 
 _L = list
 
@@ -35,8 +35,10 @@ NATIVE_TRANSFORMS: dict[str, tuple[str, dict[str, Option]]] = {
     "fold_batch_norms": ("Fold a constant Mul after Conv2D/DepthwiseConv2dNative/MatMul into the weights "
                          "(needs fold_constants first).", {}),
     "fold_constants": ("Evaluate subgraphs that are constant and replace them by Const nodes.", {
-        "clear_output_shapes": Option(bool, True, "drop _output_shapes attributes"),
+        "clear_output_shapes": Option(bool, True, "drop _output_shapes attributes before folding"),
         "exclude_op": Option(_L, [], "op types never folded"),
+        "exclude_node": Option(_L, [], "node names never folded"),
+        "max_constant_size_in_bytes": Option(int, 10 * 1024 * 1024, "largest folded constant (TF's default, 10 MiB)"),
     }),
     "fold_old_batch_norms": ("Fold BatchNormWithGlobalNormalization / FusedBatchNorm (v1) directly after Conv2D.",
                              {}),
@@ -62,11 +64,11 @@ NATIVE_TRANSFORMS: dict[str, tuple[str, dict[str, Option]]] = {
                               {}),
     "obfuscate_names": ("Replace node names by short random ones (inputs and outputs kept).", {}),
     "quantize_nodes": ("Replace float ops by eight-bit quantized equivalents (lossy).", {
-        "input_min": Option(float, None, "known input minimum"),
-        "input_max": Option(float, None, "known input maximum"),
-        "fallback_min": Option(float, None, "range minimum where none is known"),
-        "fallback_max": Option(float, None, "range maximum where none is known"),
-        "op": Option(_L, [], "ops to quantize"),
+        "input_min": Option(float, None, "range minimum of float Placeholders (with input_max)"),
+        "input_max": Option(float, None, "range maximum of float Placeholders (with input_min)"),
+        "fallback_min": Option(float, None, "fixed requantization minimum (with fallback_max)"),
+        "fallback_max": Option(float, None, "fixed requantization maximum (with fallback_min)"),
+        "ignore_op": Option(_L, [], "float ops to leave unquantized"),
     }),
     "quantize_weights": ("Store large float constants as eight-bit with one range per tensor (lossy).", {
         "minimum_size": Option(int, 1024, "smallest constant (elements) to quantize"),
@@ -98,13 +100,13 @@ NATIVE_TRANSFORMS: dict[str, tuple[str, dict[str, Option]]] = {
         "num_steps": Option(int, 256, "levels per tensor"),
     }),
     "set_device": ("Set the device of nodes.", {
-        "device": Option(str, None, "device string, e.g. /device:CPU:0", required=True),
+        "device": Option(str, "", "device string, e.g. /device:CPU:0 (empty clears it)"),
         "if_default": Option(bool, False, "only where no device is set"),
     }),
     "sort_by_execution_order": ("Order nodes so every node comes after its inputs.", {}),
-    "sparsify_gather": ("Turn Gather on sparse weights into a sparse lookup.", {
-        "input_checkpoint": Option(str, None, "checkpoint with the weights"),
-        "group_name": Option(str, None, "partitioned-variable group"),
+    "sparsify_gather": ("Turn Gather on sparse [N, 1] weights into a hash-table lookup.", {
+        "input_checkpoint": Option(str, None, "checkpoint to read Variable weights from"),
+        "group_init_node": Option(str, "group_deps", "NoOp the table initialisers are attached to"),
     }),
     "strip_unused_nodes": ("Remove nodes not needed for the outputs; turn inputs into Placeholders.", {
         "type": Option(str, None, "dtype of replaced inputs (default: from the signature)"),
@@ -132,24 +134,85 @@ def _binding():
 
 _DTYPE_TO_GTT = {"float32": "float", "float64": "double", "float16": "half", "bfloat16": "bfloat16", "int32": "int32",
                  "int64": "int64", "uint8": "uint8", "int8": "int8", "int16": "int16", "uint16": "uint16",
-                 "string": "string", "bool": "bool", "complex64": "complex64"}
+                 "uint32": "uint32", "uint64": "uint64", "string": "string", "bool": "bool",
+                 "complex64": "complex64", "complex128": "complex128"}
+# Names DataTypeFromString (tensorflow/core/framework/types.cc) accepts for strip_unused_nodes' type arguments.
+GTT_TYPE_NAMES = frozenset(_DTYPE_TO_GTT.values()) | {"qint8", "quint8", "qint16", "quint16", "qint32"}
+# TensorShapeFromString: comma-separated non-negative ints. A negative dim is not an error there but a
+# CHECK failure that aborts the whole process, so shapes are checked here first.
+_SHAPE_RE = re.compile(r"^\s*(\d+\s*(,\s*\d+\s*)*)?$")
+
+
+def _check_strip_unused_options(config: dict[str, Any]) -> None:
+    where = "pass strip_unused_nodes"
+    for key in ("shape", "shape_for_name"):
+        values = config.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not _SHAPE_RE.match(value):
+                raise UsageError(f"option '{key}' must be comma-separated non-negative sizes, got {value!r}",
+                                 where=where, hint='e.g. shape="1,224,224,3"; GTT cannot express unknown (-1) sizes')
+    for key in ("type", "type_for_name"):
+        values = config.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value not in GTT_TYPE_NAMES:
+                raise UsageError(f"option '{key}': unknown type {value!r}", where=where,
+                                 hint="one of " + ", ".join(sorted(GTT_TYPE_NAMES)))
+    names = config.get("name") or []
+    for key in ("type_for_name", "shape_for_name"):
+        given = config.get(key) or []
+        if (names or given) and len(given) != len(names):
+            raise UsageError(f"give one '{key}' per 'name' ({len(names)} name, {len(given)} {key})", where=where,
+                             hint="strip_unused_nodes(name=a, type_for_name=float, shape_for_name=\"1,3\", name=b, ...)")
 
 
 def _strip_unused_args(model: Model, config: dict[str, Any]) -> list[tuple[str, str]]:
     # GTT keeps inputs that are already Placeholders, but turns any other input
-    # node into a Placeholder of `type` (default float) and `shape`; fill both
-    # from the signature, per input, so uint8/string inputs survive (tensorflow#5913).
+    # node into a Placeholder of `type` (default float) and `shape` (default
+    # scalar). Give it each input's dtype from the signature, so uint8/string
+    # inputs survive (tensorflow#5913). GTT requires a shape_for_name per name and
+    # aborts on unknown (-1) sizes, so unknown sizes go in as 1 and the real
+    # partial shape is written back afterwards (_restore_input_placeholders).
     specs = list(model.signature.inputs.values())
     if config.get("type") or config.get("shape") or config.get("name") or not specs:
-        return []
-    if any(s.shape is None for s in specs):  # GTT cannot express unknown rank per input
         return []
     args: list[tuple[str, str]] = []
     for spec in specs:
         args.append(("name", spec.node))
         args.append(("type_for_name", _DTYPE_TO_GTT.get(spec.dtype, spec.dtype)))
-        args.append(("shape_for_name", ",".join("-1" if d is None else str(d) for d in spec.shape)))
+        shape = spec.shape if spec.shape is not None else (1,)
+        args.append(("shape_for_name", ",".join("1" if d is None or d < 0 else str(d) for d in shape)))
     return args
+
+
+def _restore_input_placeholders(before: Model, graph_def: Any) -> None:
+    """Give Placeholders GTT made from non-Placeholder inputs the signature's dtype and (partial) shape."""
+    import tensorflow as tf
+
+    old_ops = {n.name: n.op for n in before.graph_def.node}
+    specs = {spec.node: spec for spec in before.signature.inputs.values()}
+    for node in graph_def.node:
+        spec = specs.get(node.name)
+        if spec is None or node.op != "Placeholder" or old_ops.get(node.name) == "Placeholder":
+            continue
+        node.attr["dtype"].type = tf.as_dtype(spec.dtype).as_datatype_enum
+        shape = tf.TensorShape(None if spec.shape is None else list(spec.shape))
+        node.attr["shape"].shape.CopyFrom(shape.as_proto())
+
+
+_GTT_BARE = re.compile(r"^[A-Za-z0-9_./\-]+$")
+
+
+def gtt_step(name: str, args: list[tuple[str, str]]) -> str:
+    """One step in the text GTT's own parser reads (transform_graph.cc: ParseTransformParameters).
+
+    GTT reads bare values of letters, digits, ``-./_`` only, and quoted values
+    verbatim (a backslash is kept, not an escape), so this differs from
+    graphopt's :func:`~graphopt.transform_spec.format_step`: ``/device:CPU:0``
+    must be quoted for GTT.
+    """
+    if not args:
+        return name
+    return f"{name}(" + ", ".join(f"{k}={v}" if _GTT_BARE.match(v) else f'{k}="{v}"' for k, v in args) + ")"
 
 
 class NativeTransform(Pass):
@@ -157,19 +220,35 @@ class NativeTransform(Pass):
 
     native_name: str = ""
 
-    def run(self, model: Model) -> PassResult:
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.native_name == "strip_unused_nodes":
+            _check_strip_unused_options(self.config)
+
+    def gtt_args(self) -> list[tuple[str, str]]:
+        """The arguments handed to GTT: explicit options only (GTT applies its own defaults)."""
         args: list[tuple[str, str]] = []
         for key, value in self.config.items():
             opt = self.options[key]
             if value is None or (opt.type is list and not value) or (value == opt.default and not opt.required):
                 continue
             for v in value if isinstance(value, list) else [value]:
-                args.append((key, str(v).lower() if isinstance(v, bool) else str(v)))
-        if self.native_name == "strip_unused_nodes":
+                text = str(v).lower() if isinstance(v, bool) else str(v)
+                if '"' in text or text.endswith("\\"):  # GTT's parser cannot pass these through quotes
+                    raise UsageError(f"option '{key}' of {self.name} cannot contain '\"' or end with '\\'",
+                                     where=f"pass {self.name}")
+                args.append((key, text))
+        return args
+
+    def run(self, model: Model) -> PassResult:
+        args = self.gtt_args()
+        auto_inputs = self.native_name == "strip_unused_nodes" and bool(_strip_unused_args(model, self.config))
+        if auto_inputs:
             args.extend(_strip_unused_args(model, self.config))
-        spec = format_step(self.native_name, args)
+        spec = gtt_step(self.native_name, args)
         sig = model.signature
         inputs = ",".join(sig.input_nodes)
+        # Init ops are outputs too: fold_constants and strip_unused_nodes drop whatever outputs do not reach.
         outputs = ",".join(dict.fromkeys(sig.output_nodes + [node_name(op) for op in model.init_ops]))
         transform = _binding()
         try:
@@ -178,14 +257,18 @@ class NativeTransform(Pass):
             raise PassError(f"GTT transform failed: {str(exc).strip()}", where=f"native {spec}") from None
         graph_def = type(model.graph_def)()
         graph_def.ParseFromString(out_bytes)
-        # GTT does not touch the function library but may drop it when re-serialising; keep it.
+        # GTT copies the function library itself (transform_graph.cc), but transforms that rebuild the
+        # GraphDef node by node drop `versions`; without it TF assumes producer 0 and may reject new ops.
         if model.graph_def.HasField("library") and not graph_def.HasField("library"):
             graph_def.library.CopyFrom(model.graph_def.library)
         if model.graph_def.HasField("versions") and not graph_def.HasField("versions"):
             graph_def.versions.CopyFrom(model.graph_def.versions)
-        modified = graph_def.SerializeToString(deterministic=True) != model.graph_def.SerializeToString(
-            deterministic=True)
-        counters = {"nodes_removed": max(0, len(model.graph_def.node) - len(graph_def.node))}
+        if auto_inputs:
+            _restore_input_placeholders(model, graph_def)
+        # Protobuf equality compares field by field in C++: no need to serialise both graphs again.
+        modified = graph_def != model.graph_def
+        before_ops, after_ops = len(model.graph_def.node), len(graph_def.node)
+        counters = {"nodes_removed": max(0, before_ops - after_ops), "nodes_added": max(0, after_ops - before_ops)}
         return PassResult(model.with_graph(graph_def), modified=modified, counters=counters)
 
 

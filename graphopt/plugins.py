@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable
@@ -141,22 +142,40 @@ class _Manager(pluggy.PluginManager):
         return self.origins.get(plugin_name) or Origin("plugin", plugin_name)
 
 
+def _normalize(name: str) -> str:
+    # Distribution names compare like pip compares them: case-insensitive, "-", "_" and "." alike.
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _allowlist(allow: list[str] | None) -> set[str] | None:
     if allow is not None:
-        return {a.strip() for a in allow if a.strip()}
+        return {_normalize(a.strip()) for a in allow if a.strip()}
     env = os.environ.get(ENV_ALLOW)
-    return {a.strip() for a in env.split(",") if a.strip()} if env else None
+    return {_normalize(a.strip()) for a in env.split(",") if a.strip()} if env else None
 
 
 def plugins_disabled_by_env() -> bool:
     return os.environ.get(ENV_NO_PLUGINS, "").lower() not in ("", "0", "false", "no")
 
 
-def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None = None) -> _Manager:
+def _register(pm: _Manager, plugin: Any, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except Exception:
+        # pluggy may have added some of the plugin's hooks before rejecting one: take them all out.
+        if pm.is_registered(plugin) or pm.has_plugin(name):
+            pm.unregister(name=name)
+        raise
+
+
+def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None = None,
+                       extra: list[tuple[str, Any]] | None = None) -> _Manager:
     """A fresh plugin manager: built-ins, then third-party entry points unless disabled.
 
     ``plugins=False`` (or ``GRAPHOPT_NO_PLUGINS=1``) loads built-ins only;
-    ``allow`` (or ``GRAPHOPT_PLUGINS``) keeps only the named plugins.
+    ``allow`` (or ``GRAPHOPT_PLUGINS``) keeps only the named plugins (entry-point
+    or distribution names). ``extra`` registers ``(name, module_or_object)``
+    plugins directly, as tests and notebooks do; they obey ``plugins=False`` too.
     """
     pm = _Manager()
     for module_name, kind in BUILTIN_MODULES.items():
@@ -167,78 +186,122 @@ def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None =
     if not plugins:
         return pm
     allowed = _allowlist(allow)
+    matched: set[str] = set()
+    candidates: list[tuple[str, Callable[[], Any], str | None, str | None]] = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else None
         version = dist.version if dist is not None else None
-        if allowed is not None and ep.name not in allowed and dist_name not in allowed:
+        candidates.append((ep.name, ep.load, dist_name, version))
+    for name, obj in extra or []:
+        candidates.append((name, lambda obj=obj: obj, None, None))
+    for name, load, dist_name, version in candidates:
+        keys = {_normalize(name)} | ({_normalize(dist_name)} if dist_name else set())
+        if allowed is not None and not keys & allowed:
             continue
-        if pm.has_plugin(ep.name):
+        matched |= keys
+        if pm.has_plugin(name):
+            first = pm.origin_of(name)
+            if first.distribution == dist_name:  # the same distribution seen twice on sys.path
+                continue
+            pm.failures.append(PluginFailure(name, dist_name, version,
+                                             f"entry point name '{name}' is already used by {first}"))
             continue
         try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
+            _register(pm, load(), name)
         except Exception as exc:  # a broken plugin must not stop the others
-            pm.failures.append(PluginFailure(ep.name, dist_name, version, f"{type(exc).__name__}: {exc}"))
+            pm.failures.append(PluginFailure(name, dist_name, version, f"{type(exc).__name__}: {exc}"))
             continue
-        pm.origins[ep.name] = Origin("plugin", ep.name, dist_name, version)
+        pm.origins[name] = Origin("plugin", name, dist_name, version)
+    for wanted in sorted((allowed or set()) - matched):
+        pm.failures.append(PluginFailure(wanted, None, None, f"no installed plugin is called '{wanted}' "
+                                                             f"(named in --plugins / {ENV_ALLOW})"))
     return pm
 
 
-def _call_each(pm: _Manager, hook_name: str, make_register: Callable[[Origin], Callable[..., None]],
-               registry: Registry) -> None:
-    # Each implementation is called on its own so that what it registers carries
-    # its origin, and so that one plugin raising does not hide the others.
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        origin = pm.origin_of(impl.plugin_name)
-        try:
-            impl.function(register=make_register(origin))
-        except UsageError:
-            raise
-        except Exception as exc:
-            if origin.kind != "plugin":
-                raise
-            registry.failures.append(PluginFailure(origin.plugin, origin.distribution, origin.version,
-                                                   f"{hook_name} raised {type(exc).__name__}: {exc}"))
+_REGISTRATION_HOOKS = ("register_passes", "register_presets", "register_commands")
 
 
 def build_registry(pm: _Manager) -> Registry:
-    """Ask every plugin what it registers. Name clashes are errors that name both origins."""
+    """Ask every plugin what it registers. Name clashes are errors that name both origins.
+
+    Each plugin registers into a staging area that is merged only if all of its
+    registration hooks succeed: a plugin whose hook raises, or whose names clash,
+    is recorded in ``failures`` and unregistered entirely (its run hooks too),
+    and the others load as if it were not installed. Built-ins failing is a bug
+    and raises.
+    """
     registry = Registry(failures=list(pm.failures))
 
     def clash(kind: str, name: str, first: Origin, second: Origin) -> PluginError:
         return PluginError(f"{kind} '{name}' is registered twice: by {first} and by {second}",
                            where=f"plugin {second}", hint="uninstall one of the two, or use --plugins to choose")
 
-    def pass_register(origin: Origin) -> Callable[[type], None]:
-        def register(cls: type) -> None:
-            name = getattr(cls, "name", "")
-            if not name:
-                raise PluginError(f"{cls!r} has no name", where=f"plugin {origin}", hint="set the class attribute 'name'")
-            if name in registry.passes:
-                raise clash("pass", name, registry.passes[name].origin, origin)
-            registry.passes[name] = PassInfo(cls, origin)
-        return register
-
-    def preset_register(origin: Origin) -> Callable[..., None]:
-        def register(name: str, transforms: str, description: str = "", lossy: bool = False) -> None:
-            if name in registry.presets or name in registry.passes:
-                first = registry.presets[name].origin if name in registry.presets else registry.passes[name].origin
-                raise clash("preset", name, first, origin)
-            registry.presets[name] = PresetInfo(name, transforms, description, origin, lossy)
-        return register
-
-    def command_register(origin: Origin) -> Callable[..., None]:
-        def register(name: str, help: str, configure: Callable[..., None], run: Callable[..., int]) -> None:
-            if name in registry.commands:
-                raise clash("command", name, registry.commands[name].origin, origin)
-            registry.commands[name] = CommandInfo(name, help, configure, run, origin)
-        return register
-
-    _call_each(pm, "register_passes", pass_register, registry)
-    _call_each(pm, "register_presets", preset_register, registry)
-    _call_each(pm, "register_commands", command_register, registry)
+    broken: list[str] = []
+    for plugin_name, plugin in list(pm.list_name_plugin()):
+        origin = pm.origin_of(plugin_name)
+        staged = Registry()
+        try:
+            for hook_name in _REGISTRATION_HOOKS:
+                for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin_name != plugin_name or impl.wrapper or impl.hookwrapper:
+                        continue
+                    impl.function(*[_registrar(hook_name, origin, registry, staged, clash)
+                                    for _ in impl.argnames])
+        except Exception as exc:
+            if origin.kind != "plugin":
+                raise
+            registry.failures.append(PluginFailure(origin.plugin, origin.distribution, origin.version,
+                                                   f"{hook_name} raised {type(exc).__name__}: {exc}"))
+            broken.append(plugin_name)
+            continue
+        registry.passes.update(staged.passes)
+        registry.presets.update(staged.presets)
+        registry.commands.update(staged.commands)
+    for plugin_name in broken:
+        pm.unregister(name=plugin_name)
     return registry
+
+
+def _registrar(hook_name: str, origin: Origin, registry: Registry, staged: Registry,
+               clash: Callable[..., PluginError]) -> Callable[..., None]:
+    """The ``register`` callback one plugin's registration hook receives."""
+
+    def owner(table: str, name: str) -> Origin | None:
+        for reg in (registry, staged):
+            info = getattr(reg, table).get(name)
+            if info is not None:
+                return info.origin
+        return None
+
+    if hook_name == "register_passes":
+        def register_pass(cls: type) -> None:
+            name = getattr(cls, "name", "")
+            if not isinstance(cls, type) or not name:
+                raise PluginError(f"{cls!r} is not a pass class with a name", where=f"plugin {origin}",
+                                  hint="register Pass subclasses (or @function_pass functions) with 'name' set")
+            first = owner("passes", name) or owner("presets", name)
+            if first is not None:
+                raise clash("pass", name, first, origin)
+            staged.passes[name] = PassInfo(cls, origin)
+        return register_pass
+    if hook_name == "register_presets":
+        def register_preset(name: str, transforms: str, description: str = "", lossy: bool = False) -> None:
+            first = owner("presets", name) or owner("passes", name)
+            if first is not None:
+                raise clash("preset", name, first, origin)
+            from graphopt import transform_spec
+
+            transform_spec.parse(transforms)  # a preset must at least be a valid transform string
+            staged.presets[name] = PresetInfo(name, transforms, description, origin, lossy)
+        return register_preset
+
+    def register_command(name: str, help: str, configure: Callable[..., None], run: Callable[..., int]) -> None:
+        first = owner("commands", name)
+        if first is not None:
+            raise clash("command", name, first, origin)
+        staged.commands[name] = CommandInfo(name, help, configure, run, origin)
+    return register_command
 
 
 def plugin_summaries(pm: _Manager) -> list[dict[str, Any]]:
@@ -260,8 +323,10 @@ class Host:
     registry: Registry
 
     @classmethod
-    def create(cls, *, plugins: bool | None = None, allow: list[str] | None = None) -> "Host":
-        pm = get_plugin_manager(plugins=plugins, allow=allow)
+    def create(cls, *, plugins: bool | None = None, allow: list[str] | None = None,
+               extra: list[tuple[str, Any]] | None = None) -> "Host":
+        """Load plugins (see :func:`get_plugin_manager`) and build the registry from them."""
+        pm = get_plugin_manager(plugins=plugins, allow=allow, extra=extra)
         return cls(pm, build_registry(pm))
 
 

@@ -23,6 +23,8 @@ from graphopt.errors import UsageError
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 DEFAULT_REPEAT = 10
+MAX_REPEAT = 1000  # a bound, not a loop forever: "{ ... }*N" must stay a bounded fixpoint
+MAX_DEPTH = 16  # nesting of groups; deeper text is a mistake (and would exhaust Python's stack)
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,26 @@ class GroupSpec:
     position: int = field(default=0, compare=False)  # for error messages, not identity
 
 
+def pointer(text: str, pos: int, width: int = 70) -> list[str]:
+    """Two lines showing ``text`` (one line, cut around ``pos`` if long) and a caret under ``pos``."""
+    flat = "".join(" " if c in "\r\n\t" else c for c in text)
+    start = max(0, min(pos - width // 2, len(flat) - width))
+    shown = flat[start:start + width]
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if start + width < len(flat) else ""
+    return [f"  {prefix}{shown}{suffix}", "  " + " " * (len(prefix) + pos - start) + "^"]
+
+
 def _error(text: str, pos: int, message: str, hint: str | None = None) -> UsageError:
-    pointer = f"  {text}\n  {' ' * pos}^"
     return UsageError(f"bad transform string: {message} at position {pos}", where="--transforms",
-                      hint=hint, details=pointer.split("\n"))
+                      hint=hint, details=pointer(text, pos))
 
 
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
+        self.depth = 0
 
     def skip_ws(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -84,6 +96,8 @@ class _Parser:
             if closing and ch == closing:
                 self.pos += 1
                 return items
+            if ch == "}":
+                raise _error(self.text, self.pos, "unexpected '}'", "no group is open here")
             if ch == "{":
                 items.append(self.parse_group())
             elif ch in ",":
@@ -94,16 +108,20 @@ class _Parser:
 
     def parse_group(self) -> GroupSpec:
         start = self.pos
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _error(self.text, start, f"groups nested deeper than {MAX_DEPTH}")
         self.pos += 1
         steps = self.parse_items("}")
+        self.depth -= 1
         if not steps:
             raise _error(self.text, start, "empty group", "put at least one transform inside { }")
         max_iterations = DEFAULT_REPEAT
         if self.peek() == "*":
             self.pos += 1
-            m = re.compile(r"\d+").match(self.text, self.pos)
-            if not m or int(m.group()) < 1:
-                raise _error(self.text, self.pos, "expected a positive repeat count after '*'")
+            m = re.compile(r"[0-9]+").match(self.text, self.pos)
+            if not m or not 1 <= int(m.group()) <= MAX_REPEAT:
+                raise _error(self.text, self.pos, f"expected a repeat count from 1 to {MAX_REPEAT} after '*'")
             max_iterations = int(m.group())
             self.pos = m.end()
         return GroupSpec(tuple(steps), max_iterations, start)
@@ -184,7 +202,12 @@ class _Parser:
 
 
 def parse(text: str) -> list[StepSpec | GroupSpec]:
-    """Parse a transform string. Raises :class:`~graphopt.errors.UsageError` pointing at the fault."""
+    """Parse a transform string. Raises :class:`~graphopt.errors.UsageError` pointing at the fault.
+
+    ``UsageError`` is the only exception this raises, whatever the input.
+    """
+    if not isinstance(text, str):
+        raise UsageError(f"a transform string must be text, not {type(text).__name__}", where="--transforms")
     return _Parser(text).parse_items(None)
 
 

@@ -4,3 +4,59 @@ Every builder uses real TensorFlow; none downloads anything (``weights=None``).
 """
 
 from __future__ import annotations
+
+
+def tf1_seed_graph(*, loop: bool = True):
+    """An in-memory TF1-style frozen Model like the seed's old Hub modules, for analysis/diff tests.
+
+    It carries ``_class`` colocation attributes, ``Identity`` reads of weights, a
+    ``CheckNumerics``, a TF1 ``while_loop`` (cyclic: NextIteration -> Merge) and a
+    training-only branch (``labels`` -> ``train/*``) no output depends on.
+    Returns ``(model, facts)`` where ``facts`` names the nodes of each kind.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from graphopt.model import Model, Signature, TensorSpec
+
+    v1 = tf.compat.v1
+    cf_v2 = tf.compat.v1.control_flow_v2_enabled()
+    v1.disable_control_flow_v2()  # a real TF1 loop (Enter/Merge/Switch/NextIteration), as old modules have
+    try:
+        g = tf.Graph()
+        rng = np.random.default_rng(0)
+        with g.as_default():
+            x = v1.placeholder(tf.float32, [None, 8], name="x")
+            w1 = tf.constant(rng.standard_normal((8, 16)).astype(np.float32), name="w1")
+            with v1.colocate_with(w1):
+                w1_read = tf.identity(w1, name="w1/read")
+            h = tf.nn.relu(tf.matmul(x, w1_read, name="dense1/MatMul"), name="dense1/Relu")
+            h = tf.debugging.check_numerics(h, "bad activations", name="dense1/CheckNumerics")
+            w2 = tf.constant(rng.standard_normal((16, 4)).astype(np.float32), name="w2")
+            with v1.colocate_with(w2):
+                w2_read = tf.identity(w2, name="w2/read")
+            logits = tf.matmul(h, w2_read, name="dense2/MatMul")
+            if loop:
+                _, logits = v1.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 0.5),
+                                          [tf.constant(0, name="loop/start"), logits], name="loop")
+            probs = tf.nn.softmax(logits, name="probs")
+            names_before_train = {op.name for op in g.get_operations()}
+            labels = v1.placeholder(tf.float32, [None, 4], name="labels")
+            with tf.name_scope("train"):
+                loss = tf.reduce_mean(tf.square(logits - labels), name="loss")
+                tf.multiply(loss, 0.01, name="scaled_loss")
+        train = sorted({op.name for op in g.get_operations()} - names_before_train)
+        graph_def = g.as_graph_def()
+    finally:
+        if cf_v2:
+            v1.enable_control_flow_v2()
+    sig = Signature(inputs={"x": TensorSpec("x:0", "float32", (None, 8))},
+                    outputs={"probs": TensorSpec("probs:0", "float32", (None, 4))})
+    facts = {
+        "identity_reads": ["w1/read", "w2/read"],
+        "check_numerics": ["dense1/CheckNumerics"],
+        "train": train,
+        "colocated": [n.name for n in graph_def.node if "_class" in n.attr],
+    }
+    del probs
+    return Model(graph_def, sig, source="<tf1_seed_graph>", format="graph_def"), facts

@@ -28,6 +28,7 @@ converts strings to the declared type, so a pass never parses text itself.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -121,6 +122,7 @@ class Pass:
     options: ClassVar[dict[str, Option]] = {}
     lossy: ClassVar[bool] = False
     tolerance: ClassVar[float | None] = None
+    origin: Any = None  # set on instances by Registry.create
 
     def __init__(self, **options: Any) -> None:
         # GTT gives every transform ignore_errors; here it means "on failure, roll back and go on".
@@ -133,9 +135,13 @@ class Pass:
         """Check names and types of options; fill defaults. Raises :class:`UsageError`."""
         unknown = sorted(set(given) - set(cls.options))
         if unknown:
+            # GTT itself ignores unknown arguments silently; a typo must not turn a pass into a no-op.
             known = ", ".join(sorted(cls.options)) or "none"
-            raise UsageError(f"unknown option {', '.join(repr(u) for u in unknown)}", where=f"pass {cls.name}",
-                             hint=f"options of {cls.name}: {known} (and ignore_errors)")
+            close = difflib.get_close_matches(unknown[0], list(cls.options) + ["ignore_errors"], n=1, cutoff=0.6)
+            guess = f"did you mean '{close[0]}'? " if close else ""
+            raise UsageError(f"unknown option {', '.join(repr(u) for u in unknown)} for pass '{cls.name}'",
+                             where=f"pass {cls.name}",
+                             hint=f"{guess}options of {cls.name}: {known} (and ignore_errors)")
         out: dict[str, Any] = {}
         for key, opt in cls.options.items():
             if key in given:
@@ -185,6 +191,29 @@ def coerce_result(value: Any, model: Model) -> PassResult:
     raise TypeError(f"a pass must return a PassResult, Model or GraphDef, not {type(value).__name__}")
 
 
+_OPTION_TYPES = {bool: bool, int: int, float: float, str: str, list: list, tuple: list}
+
+
+def _options_from_signature(fn: Callable[..., Any]) -> dict[str, Option]:
+    """Options from the keyword parameters after ``model``: type from the annotation or the default."""
+    out: dict[str, Option] = {}
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    for p in params:
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        ann = p.annotation
+        if isinstance(ann, str):  # from __future__ import annotations: "list[str]", "int", ...
+            ann = {"bool": bool, "int": int, "float": float, "str": str}.get(ann, list if ann.startswith(("list", "tuple")) else None)
+        else:
+            ann = getattr(ann, "__origin__", ann)
+        default = None if p.default is p.empty else p.default
+        typ = _OPTION_TYPES.get(ann) or _OPTION_TYPES.get(type(default)) or str
+        if typ is list and isinstance(default, tuple):
+            default = list(default)
+        out[p.name] = Option(typ, default, required=p.default is p.empty)
+    return out
+
+
 def function_pass(
     *, name: str, description: str = "", options: dict[str, Option] | None = None,
     lossy: bool = False, tolerance: float | None = None,
@@ -192,7 +221,9 @@ def function_pass(
     """Turn ``fn(model, **options)`` into a :class:`Pass` class.
 
     The function receives a private copy of the model (it may edit the graph in
-    place) and the validated options as keywords.
+    place) and the validated options as keywords. Without ``options``, they are
+    read from the function's parameters after ``model`` (type from the
+    annotation or the default; a parameter without default is required).
     """
 
     def decorate(fn: Callable[..., Any]) -> type[Pass]:
@@ -200,8 +231,9 @@ def function_pass(
             return coerce_result(fn(model.copy(), **self.config), model)
 
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
+        declared = dict(options) if options is not None else _options_from_signature(fn)
         cls = type(fn.__name__, (Pass,), {
-            "name": name, "description": doc, "options": dict(options or {}), "lossy": lossy,
+            "name": name, "description": doc, "options": declared, "lossy": lossy,
             "tolerance": tolerance, "run": run, "__doc__": fn.__doc__, "__module__": fn.__module__,
         })
         return cls
