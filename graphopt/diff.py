@@ -1,0 +1,390 @@
+"""The difference between two graphs: nodes added, removed and changed, op and size deltas.
+
+Nodes are matched by name first. Where names changed (``obfuscate_names``, a
+re-export that renumbered scopes), the nodes left over on each side are matched
+by structure: same op, same inputs (after translating the inputs already
+matched) and, for constants, the same content hash. Matching walks graph A in
+topological order so a renamed chain is matched link by link in one pass; TF1
+loop back edges are visited last instead of breaking the walk.
+
+:func:`diff_models` returns a :class:`GraphDiff`; ``to_dict()`` is the stable
+JSON of ``graphopt diff --json`` (``schema_version`` 1, documented in
+docs/analysis.md). Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphopt.analysis import constant_info, op_histogram, parse_input
+from graphopt.model import Model
+
+DIFF_SCHEMA_VERSION = 1
+_ATTR_TEXT_LIMIT = 120
+_MAX_ROUNDS = 4
+
+
+@dataclass
+class NodeChange:
+    """A node present in both graphs that differs: op, inputs, device or attributes (by key)."""
+
+    name: str
+    op: str
+    renamed_from: str | None = None
+    op_before: str | None = None
+    inputs_before: list[str] | None = None
+    inputs_after: list[str] | None = None
+    device: tuple[str, str] | None = None
+    attrs: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op": self.op,
+            "renamed_from": self.renamed_from,
+            "op_before": self.op_before,
+            "inputs": None if self.inputs_before is None else {"before": self.inputs_before, "after": self.inputs_after},
+            "device": None if self.device is None else {"before": self.device[0], "after": self.device[1]},
+            "attrs": {k: {"before": b, "after": a} for k, (b, a) in sorted(self.attrs.items())},
+        }
+
+
+@dataclass
+class Neighbourhood:
+    """A connected group of changes, with the unchanged nodes around it (names in graph B, else A)."""
+
+    removed: list[str]
+    added: list[str]
+    changed: list[str]
+    boundary: list[str]
+
+    @property
+    def size(self) -> int:
+        return len(self.removed) + len(self.added) + len(self.changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": self.removed, "added": self.added, "changed": self.changed, "boundary": self.boundary}
+
+
+@dataclass
+class GraphSide:
+    label: str
+    nodes: int
+    size_bytes: int
+    ops: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "nodes": self.nodes, "size_bytes": self.size_bytes, "ops": dict(self.ops)}
+
+
+@dataclass
+class GraphDiff:
+    """What changed from graph A to graph B."""
+
+    a: GraphSide
+    b: GraphSide
+    added: list[tuple[str, str]]  # (name, op) in B
+    removed: list[tuple[str, str]]  # (name, op) in A
+    changed: list[NodeChange]
+    unchanged: int
+    neighbourhoods: list[Neighbourhood]
+    functions: dict[str, list[str]]
+
+    @property
+    def renamed(self) -> int:
+        return sum(1 for c in self.changed if c.renamed_from)
+
+    @property
+    def ops_delta(self) -> dict[str, int]:
+        ops = sorted(set(self.a.ops) | set(self.b.ops))
+        delta = {op: self.b.ops.get(op, 0) - self.a.ops.get(op, 0) for op in ops}
+        return {op: d for op, d in delta.items() if d}
+
+    @property
+    def size_delta(self) -> int:
+        return self.b.size_bytes - self.a.size_bytes
+
+    @property
+    def identical(self) -> bool:
+        return not (self.added or self.removed or self.changed or any(self.functions.values()))
+
+    def summary(self) -> str:
+        """One line: ``-12 nodes removed, +0 added, 4 changed (1 renamed); 3.2 MB -> 1.6 MB (-50.0%)``."""
+        pct = f" ({100.0 * self.size_delta / self.a.size_bytes:+.1f}%)" if self.a.size_bytes else ""
+        return (f"{len(self.removed)} removed, {len(self.added)} added, {len(self.changed)} changed"
+                f" ({self.renamed} renamed), {self.unchanged} unchanged; nodes {self.a.nodes} -> {self.b.nodes};"
+                f" size {self.a.size_bytes} -> {self.b.size_bytes} bytes{pct}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": DIFF_SCHEMA_VERSION,
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+            "summary": {
+                "added": len(self.added), "removed": len(self.removed), "changed": len(self.changed),
+                "renamed": self.renamed, "unchanged": self.unchanged, "nodes_delta": self.b.nodes - self.a.nodes,
+                "size_delta": self.size_delta, "identical": self.identical,
+            },
+            "ops_delta": self.ops_delta,
+            "added": [{"name": n, "op": op} for n, op in self.added],
+            "removed": [{"name": n, "op": op} for n, op in self.removed],
+            "changed": [c.to_dict() for c in self.changed],
+            "functions": {k: list(v) for k, v in self.functions.items()},
+            "neighbourhoods": [n.to_dict() for n in self.neighbourhoods],
+        }
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _graph_def(x: Any) -> Any:
+    return x.graph_def if isinstance(x, Model) else x
+
+
+def _label(x: Any, default: str) -> str:
+    return x.source if isinstance(x, Model) and x.source != "<memory>" else default
+
+
+def _content_hash(node: Any) -> str:
+    # Hash every attribute except colocation hints, so equal constants match even if one lost its _class.
+    h = hashlib.blake2b(digest_size=12)
+    for key in sorted(node.attr):
+        if key == "_class":
+            continue
+        h.update(key.encode())
+        h.update(node.attr[key].SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def _canonical(text: str, mapping: dict[str, str] | None = None) -> str:
+    """An input reference with ``:0`` dropped (``x:0`` and ``x`` are one tensor), its node renamed by ``mapping``."""
+    name, port, control = parse_input(text)
+    if mapping is not None:
+        name = mapping.get(name, name)
+    if control:
+        return "^" + name
+    return name if port == 0 else f"{name}:{port}"
+
+
+def _struct_key(node: Any, mapping: dict[str, str] | None, unknown: set[str] | None = None) -> tuple:
+    """Op, inputs (renamed by ``mapping``; names in ``unknown`` become ``?``) and, for sources, attributes."""
+    data: list[str] = []
+    ctrl: list[str] = []
+    for text in node.input:
+        t = _canonical(text, mapping)
+        if unknown is not None:
+            name = t.lstrip("^").split(":")[0]
+            if name in unknown:
+                t = ("^?" if t.startswith("^") else "?")
+        (ctrl if t.startswith("^") else data).append(t)
+    # Source nodes (Const, Placeholder) have no inputs to tell them apart: their attributes do.
+    content = _content_hash(node) if not data else None
+    return node.op, tuple(data), tuple(sorted(ctrl)), content
+
+
+def _topological(nodes: list[Any]) -> list[Any]:
+    """Nodes with their inputs first; nodes on cycles (TF1 loops) follow in graph order."""
+    by_name = {n.name: n for n in nodes}
+    indeg: dict[str, int] = {}
+    consumers: dict[str, list[str]] = {}
+    for n in nodes:
+        srcs = {parse_input(t)[0] for t in n.input}
+        srcs = {s for s in srcs if s in by_name}
+        indeg[n.name] = len(srcs)
+        for s in srcs:
+            consumers.setdefault(s, []).append(n.name)
+    queue = deque(n.name for n in nodes if indeg[n.name] == 0)
+    order: list[str] = []
+    while queue:
+        name = queue.popleft()
+        order.append(name)
+        for c in consumers.get(name, ()):
+            indeg[c] -= 1
+            if indeg[c] == 0:
+                queue.append(c)
+    placed = set(order)
+    return [by_name[n] for n in order] + [n for n in nodes if n.name not in placed]
+
+
+def _attr_text(value: Any) -> str:
+    kind = value.WhichOneof("value")
+    if kind == "tensor":
+        fake = type("N", (), {"name": "", "attr": {"value": value}})()
+        info = constant_info(fake)
+        digest = hashlib.blake2b(value.SerializeToString(deterministic=True), digest_size=6).hexdigest()
+        shape = "?" if info.shape is None else ",".join(map(str, info.shape))
+        return f"{info.dtype}[{shape}] {info.bytes} B #{digest}"
+    text = " ".join(str(value).split())
+    return text if len(text) <= _ATTR_TEXT_LIMIT else text[: _ATTR_TEXT_LIMIT - 3] + "..."
+
+
+def _compare(a: Any, b: Any, mapping: dict[str, str]) -> NodeChange | None:
+    if a == b and a.name == b.name:
+        return None
+    change = NodeChange(name=b.name, op=b.op, renamed_from=a.name if a.name != b.name else None)
+    if a.op != b.op:
+        change.op_before = a.op
+    after = [_canonical(t) for t in b.input]
+    if [_canonical(t, mapping) for t in a.input] != after:
+        change.inputs_before, change.inputs_after = [_canonical(t) for t in a.input], after
+    if a.device != b.device:
+        change.device = (a.device, b.device)
+    for key in sorted(set(a.attr) | set(b.attr)):
+        va = a.attr[key] if key in a.attr else None
+        vb = b.attr[key] if key in b.attr else None
+        if va != vb:
+            change.attrs[key] = (None if va is None else _attr_text(va), None if vb is None else _attr_text(vb))
+    if (change.renamed_from is None and change.op_before is None and change.inputs_before is None
+            and change.device is None and not change.attrs):
+        return None
+    return change
+
+
+def _neighbourhoods(a_nodes: dict[str, Any], b_nodes: dict[str, Any], a2b: dict[str, str],
+                    removed: list[str], added: list[str], changed: list[str]) -> list[Neighbourhood]:
+    # One namespace: graph B's names for matched and added nodes, ("a", name) for removed ones.
+    kind: dict[tuple[str, str], str] = {}
+    for n in removed:
+        kind[("a", n)] = "removed"
+    for n in added:
+        kind[("b", n)] = "added"
+    for n in changed:
+        kind[("b", n)] = "changed"
+    parent = {k: k for k in kind}
+
+    def find(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    links: list[tuple[tuple[str, str], tuple[str, str]]] = []
+
+    def a_id(name: str) -> tuple[str, str]:
+        return ("b", a2b[name]) if name in a2b else ("a", name)
+
+    removed_set = set(removed)
+    for node in a_nodes.values():  # edges of A that touch a removed node, either end
+        for t in node.input:
+            src = parse_input(t)[0]
+            if src in removed_set or node.name in removed_set:
+                links.append((a_id(src), a_id(node.name)))
+    touched = set(added) | set(changed)
+    for node in b_nodes.values():
+        for t in node.input:
+            src = parse_input(t)[0]
+            if src in touched or node.name in touched:
+                links.append((("b", src), ("b", node.name)))
+    boundary: dict[tuple[str, str], set[str]] = {}
+    for u, v in links:
+        if u in kind and v in kind:
+            ru, rv = find(u), find(v)
+            if ru != rv:
+                parent[ru] = rv
+        elif u in kind or v in kind:
+            inside, outside = (u, v) if u in kind else (v, u)
+            boundary.setdefault(inside, set()).add(outside[1])
+    groups: dict[tuple[str, str], Neighbourhood] = {}
+    for k, what in kind.items():
+        g = groups.setdefault(find(k), Neighbourhood([], [], [], []))
+        getattr(g, what).append(k[1])
+    for k, outside in boundary.items():
+        groups[find(k)].boundary.extend(outside)
+    out = list(groups.values())
+    for g in out:
+        g.removed.sort(), g.added.sort(), g.changed.sort()
+        g.boundary = sorted(set(g.boundary))
+    out.sort(key=lambda g: (-g.size, (g.removed + g.added + g.changed)[0]))
+    return out
+
+
+def _match(order: list[Any], b_nodes: dict[str, Any], a_nodes: dict[str, Any], a2b: dict[str, str],
+           *, relaxed: bool) -> None:
+    """Extend ``a2b`` with unmatched nodes of A whose structural key an unmatched node of B shares.
+
+    Strict: inputs must already be matched (A is walked inputs-first, so chains resolve in
+    one walk). Relaxed: unmatched inputs read as ``?`` on both sides, and only keys that are
+    unique on both sides match, so a guess never pairs the wrong twin.
+    """
+    matched_b = set(a2b.values())
+    unknown_a = {n for n in a_nodes if n not in a2b} if relaxed else None
+    unknown_b = {n for n in b_nodes if n not in matched_b} if relaxed else None
+    mapping = dict(a2b) if relaxed else a2b  # relaxed keys must not see this round's own matches
+    index: dict[tuple, deque[str]] = {}
+    for name, node in b_nodes.items():
+        if name not in matched_b:
+            index.setdefault(_struct_key(node, None, unknown_b), deque()).append(name)
+    if relaxed:
+        keys = {n.name: _struct_key(n, mapping, unknown_a) for n in order if n.name not in a2b}
+        counts: dict[tuple, int] = {}
+        for k in keys.values():
+            counts[k] = counts.get(k, 0) + 1
+        for name, k in keys.items():
+            cands = index.get(k)
+            if counts[k] == 1 and cands is not None and len(cands) == 1:
+                a2b[name] = cands[0]
+        return
+    for node in order:
+        if node.name in a2b:
+            continue
+        candidates = index.get(_struct_key(node, a2b))
+        while candidates:
+            cand = candidates.popleft()
+            if cand not in matched_b:
+                matched_b.add(cand)
+                a2b[node.name] = cand
+                break
+
+
+# --- the diff --------------------------------------------------------------------------
+
+
+def diff_models(a: Model | Any, b: Model | Any, *, a_label: str | None = None, b_label: str | None = None,
+                structural: bool = True) -> GraphDiff:
+    """Diff two Models or GraphDefs. ``structural=False`` matches by name only."""
+    ga, gb = _graph_def(a), _graph_def(b)
+    a_nodes = {n.name: n for n in ga.node}
+    b_nodes = {n.name: n for n in gb.node}
+    a2b = {n: n for n in a_nodes if n in b_nodes}
+
+    if structural:
+        order = _topological(list(ga.node))
+        for _ in range(_MAX_ROUNDS):
+            # Strict matching resolves chains; relaxed matching cuts into loops, whose nodes then
+            # let the next strict walk go on.
+            before = len(a2b)
+            for relaxed in (False, True):
+                if len(a2b) < min(len(a_nodes), len(b_nodes)):
+                    _match(order, b_nodes, a_nodes, a2b, relaxed=relaxed)
+            if len(a2b) == before:
+                break
+
+    matched_b = set(a2b.values())
+    removed = [(n, node.op) for n, node in a_nodes.items() if n not in a2b]
+    added = [(n, node.op) for n, node in b_nodes.items() if n not in matched_b]
+    changed: list[NodeChange] = []
+    for an, bn in a2b.items():
+        c = _compare(a_nodes[an], b_nodes[bn], a2b)
+        if c is not None:
+            changed.append(c)
+    changed.sort(key=lambda c: c.name)
+
+    fa = {f.signature.name: f for f in ga.library.function}
+    fb = {f.signature.name: f for f in gb.library.function}
+    functions = {
+        "added": sorted(set(fb) - set(fa)),
+        "removed": sorted(set(fa) - set(fb)),
+        "changed": sorted(n for n in set(fa) & set(fb) if fa[n] != fb[n]),
+    }
+    hoods = _neighbourhoods(a_nodes, b_nodes, a2b, [n for n, _ in removed], [n for n, _ in added],
+                            [c.name for c in changed])
+    return GraphDiff(
+        a=GraphSide(a_label or _label(a, "A"), len(ga.node), ga.ByteSize(), op_histogram(ga)),
+        b=GraphSide(b_label or _label(b, "B"), len(gb.node), gb.ByteSize(), op_histogram(gb)),
+        added=sorted(added), removed=sorted(removed), changed=changed,
+        unchanged=len(a2b) - len(changed), neighbourhoods=hoods, functions=functions,
+    )
+
