@@ -60,3 +60,49 @@ def tf1_seed_graph(*, loop: bool = True):
     }
     del probs
     return Model(graph_def, sig, source="<tf1_seed_graph>", format="graph_def"), facts
+
+
+def graph_model(build, inputs, *, init_ops=(), library_from=None):
+    """A Model from TF1-style graph code: ``build(**placeholders) -> {key: tensor}``.
+
+    ``inputs`` maps a key to ``(dtype, shape)``; placeholders are named after the keys.
+    Used by the pass-framework tests (tests/test_native.py, tests/test_pipeline.py).
+    """
+    import tensorflow as tf
+
+    from graphopt.model import Model, Signature, TensorSpec
+
+    g = tf.Graph()
+    with g.as_default():
+        phs = {k: tf.compat.v1.placeholder(dt, shape, name=k) for k, (dt, shape) in inputs.items()}
+        outs = build(**phs)
+    sig = Signature(
+        inputs={k: TensorSpec(t.name, t.dtype.name, None if t.shape.rank is None else tuple(t.shape.as_list()))
+                for k, t in phs.items()},
+        outputs={k: TensorSpec(t.name, t.dtype.name, None if t.shape.rank is None else tuple(t.shape.as_list()))
+                 for k, t in outs.items()})
+    return Model(g.as_graph_def(), sig, init_ops=list(init_ops))
+
+
+def tf2_function_model():
+    """A frozen TF2 function whose graph keeps a function library (a ``While`` loop's cond/body)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from graphopt.model import Model, Signature, TensorSpec
+
+    w = tf.Variable(tf.random.stateless_normal([4, 4], seed=[1, 2]))
+
+    @tf.function
+    def f(x):
+        y = tf.identity(tf.matmul(x, w))
+        i = tf.constant(0)
+        _, y = tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 0.5 + 1.0), [i, y])
+        return tf.nn.relu(y)
+
+    frozen = convert_variables_to_constants_v2(f.get_concrete_function(tf.TensorSpec([None, 4], tf.float32, name="x")),
+                                               lower_control_flow=False)  # keep While + its functions
+    gd = frozen.graph.as_graph_def()
+    sig = Signature(inputs={"x": TensorSpec(frozen.inputs[0].name, "float32", (None, 4))},
+                    outputs={"y": TensorSpec(frozen.outputs[0].name, "float32", (None, 4))})
+    return Model(gd, sig)
