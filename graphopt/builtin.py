@@ -17,6 +17,9 @@ PASS_MODULES = [
 COMMAND_MODULES = {
     "passes": "graphopt.cli.commands.passes",
     "plugins": "graphopt.cli.commands.plugins",
+    "serve": "graphopt.cli.commands.serve",
+    "predict": "graphopt.cli.commands.predict",
+    "serving-config": "graphopt.cli.commands.serving_config",
     "inspect": "graphopt.cli.commands.inspect",
     "diff": "graphopt.cli.commands.diff",
     "bench": "graphopt.cli.commands.bench",
