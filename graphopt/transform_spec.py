@@ -5,7 +5,7 @@ The grammar is the Graph Transform Tool's, extended by one construct::
     pipeline := item*                      (items separated by white space)
     item     := step | group
     step     := NAME [ "(" [ arg ("," arg)* ] ")" ]
-    arg      := KEY "=" VALUE              VALUE is bare text up to "," or ")",
+    arg      := KEY "=" VALUE              VALUE is bare text up to "," ")" or white space,
                                            or "double quoted" (\\" and \\\\ escapes)
     group    := "{" item* "}" [ "*" INT ]  repeat until nothing changes, at most INT times (default 10)
 
@@ -174,7 +174,8 @@ class _Parser:
         if self.peek() == '"':
             return key, self.parse_quoted()
         start = self.pos
-        while self.peek() and self.peek() not in ",)":
+        # A bare value ends at white space too, as in GTT: "a(k=v w=x)" is a missing comma, not k="v w=x".
+        while self.peek() and self.peek() not in ",)" and not self.peek().isspace():
             if self.peek() == '"':
                 raise _error(self.text, self.pos, "a quote inside an unquoted value", "quote the whole value")
             self.pos += 1
