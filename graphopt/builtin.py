@@ -12,6 +12,7 @@ import importlib
 from graphopt.hookspecs import hookimpl
 
 PASS_MODULES = [
+    "graphopt.passes.precision",
 ]
 
 COMMAND_MODULES = {
