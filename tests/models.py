@@ -157,3 +157,229 @@ def tf2_function_model():
     sig = Signature(inputs={"x": TensorSpec(frozen.inputs[0].name, "float32", (None, 4))},
                     outputs={"y": TensorSpec(frozen.outputs[0].name, "float32", (None, 4))})
     return Model(gd, sig)
+
+
+# --- loaders / savers (tests/test_loaders.py, test_savers.py, test_cli_optimize.py) ------------------------------
+
+LOOKUP_VOCAB = ["apple", "banana", "cherry", "date"]
+
+
+def string_lookup_keras_model():
+    """A Keras model that maps words through a ``StringLookup`` vocabulary, then an embedding."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    words = keras.Input(shape=(3,), dtype="string", name="words")
+    ids = keras.layers.StringLookup(vocabulary=LOOKUP_VOCAB, name="lookup")(words)
+    x = keras.layers.Embedding(len(LOOKUP_VOCAB) + 1, 4, name="embed")(ids)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(2, name="scores")(x)
+    return keras.Model(words, out)
+
+
+def string_lookup_saved_model(path):
+    """Keras 3 ``model.export`` of :func:`string_lookup_keras_model`; expected outputs for known words go
+    to ``<path>.expected.npz`` (from the Keras model itself)."""
+    import numpy as np
+
+    model = string_lookup_keras_model()
+    words = np.array([["apple", "date", "zzz"], ["cherry", "banana", "apple"]], dtype=object)
+    expected = np.asarray(model(words.astype(str)))
+    model.export(str(path), verbose=False)
+    np.savez(str(path) + ".expected.npz", words=words.astype(bytes), expected=expected)
+
+
+def small_keras_model(two_inputs: bool = False):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input(shape=(8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(image)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    inputs = [image]
+    if two_inputs:
+        extra = keras.Input(shape=(2,), name="extra")
+        inputs.append(extra)
+        x = keras.layers.Concatenate()([x, extra])
+    probs = keras.layers.Dense(3, activation="softmax", name="probs")(x)
+    if two_inputs:
+        embed = keras.layers.Dense(2, name="embedding")(x)
+        return keras.Model(inputs, [probs, embed])
+    return keras.Model(inputs, probs)
+
+
+def keras_saved_model(path):
+    """A small conv net exported with Keras 3 ``model.export`` (TF2 SavedModel)."""
+    small_keras_model().export(str(path), verbose=False)
+
+
+def keras_file(path):
+    """A two-input, two-output Keras model saved to ``path`` (``.keras`` or legacy ``.h5`` by extension)."""
+    small_keras_model(two_inputs=True).save(str(path))
+
+
+def control_flow_saved_model(path):
+    """A TF2 SavedModel whose signature runs a functional ``While`` and ``If`` reading variables."""
+    import tensorflow as tf
+
+    class Loop(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.random.stateless_normal((4, 4), seed=(1, 2)), name="w")
+            self.scale = tf.Variable(0.5, name="scale")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.int32, name="steps")])
+        def serve(self, x, steps):
+            def body(i, v):
+                return i + 1, tf.tanh(tf.matmul(v, self.w))
+
+            _, y = tf.while_loop(lambda i, v: i < steps, body, [tf.constant(0), x])
+            y = tf.cond(tf.reduce_sum(y) > 0, lambda: y * self.scale, lambda: y - self.scale)
+            return {"y": y, "total": tf.reduce_sum(y, axis=1)}
+
+    module = Loop()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _tf1_graph_with_vocab(vocab_file):
+    """A TF1 graph: variables, a text-file vocabulary table, two outputs. Returns (graph, tensors)."""
+    import numpy as np
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        words = v1.placeholder(tf.string, [None], name="words")
+        # TextFileInitializer puts a constant path in ASSET_FILEPATHS; the Builder copies that file to
+        # assets/ and the loader feeds the copy's path.
+        filename = tf.constant(str(vocab_file), name="vocab_path")
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(filename, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                                          tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
+        ids = table.lookup(words)
+        w = v1.get_variable("w", initializer=np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32))
+        b = v1.get_variable("b", initializer=np.linspace(-1, 1, 3).astype(np.float32))
+        logits = tf.add(tf.matmul(x, w), b, name="logits")
+        scores = tf.nn.softmax(logits, name="scores")
+        word_ids = tf.identity(ids, name="word_ids")
+    return g, {"x": x, "words": words, "logits": logits, "scores": scores, "word_ids": word_ids}
+
+
+def tf1_saved_model(path, tags=("custom", "cpu"), signatures=("scores", "logits")):
+    """A TF1 SavedModel with custom ``tags``, non-default signature keys and a vocabulary table from an asset file.
+
+    The vocabulary file is written to a temporary folder that is deleted afterwards, so only
+    the SavedModel's own ``assets/`` copy exists.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("\n".join(LOOKUP_VOCAB) + "\n")
+        g, t = _tf1_graph_with_vocab(vocab)
+        with g.as_default(), v1.Session(graph=g) as sess:
+            sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
+            info = v1.saved_model.utils.build_tensor_info
+            sig_defs = {
+                signatures[0]: v1.saved_model.signature_def_utils.predict_signature_def(
+                    {"x": t["x"], "words": t["words"]}, {"scores": t["scores"], "word_ids": t["word_ids"]}),
+                signatures[1]: v1.saved_model.signature_def_utils.build_signature_def(
+                    {"x": info(t["x"])}, {"logits": info(t["logits"])}, "tensorflow/serving/predict"),
+            }
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(sess, list(tags), signature_def_map=sig_defs,
+                                                 main_op=v1.tables_initializer(), strip_default_attrs=True,
+                                                 assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS))
+            builder.save()
+
+
+def tf1_hub_module(path):
+    """A TF1 Hub-format module folder: TF1 SavedModel with tags ``[]``, signature ``default``, variables,
+    and ``tfhub_module.pb`` (a ``ModuleDef`` with ``format: FORMAT_V3``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        images = v1.placeholder(tf.float32, [None, 6, 6, 2], name="images")
+        k = v1.get_variable("module/conv/kernel",
+                            initializer=np.random.default_rng(5).standard_normal((3, 3, 2, 4)).astype(np.float32))
+        h = tf.nn.relu(tf.nn.conv2d(images, k, 1, "SAME"))
+        feats = tf.reduce_mean(h, axis=[1, 2], name="module/features")
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            sig = v1.saved_model.signature_def_utils.predict_signature_def({"images": images}, {"default": feats})
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(sess, [], signature_def_map={"default": sig})
+            builder.save()
+    try:  # tensorflow_hub >= 0.13 no longer ships module_def_pb2; the proto is one enum field
+        from tensorflow_hub import module_def_pb2  # type: ignore[attr-defined]
+
+        data = module_def_pb2.ModuleDef(format=module_def_pb2.ModuleDef.FORMAT_V3).SerializeToString()
+    except ImportError:
+        data = bytes([0x08, 0x03])  # field 1 (format), varint 3 (FORMAT_V3)
+    (path / "tfhub_module.pb").write_bytes(data)
+
+
+def frozen_graph(path):
+    """A frozen GraphDef (``.pb`` binary or ``.pbtxt`` text, by extension): Placeholder in, two sinks out,
+    plus an Assert and a NoOp that are not outputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 5], name="input")
+        w = tf.constant(np.random.default_rng(7).standard_normal((5, 3)).astype(np.float32), name="w")
+        y = tf.matmul(x, w, name="matmul")
+        tf.nn.sigmoid(y, name="prob")
+        tf.reduce_max(y, axis=1, name="peak")
+        v1.Assert(tf.reduce_all(tf.math.is_finite(y)), [y], name="check")
+        tf.no_op(name="noop")
+    tf.io.write_graph(g.as_graph_def(), str(path.parent), path.name, as_text=str(path).endswith(".pbtxt"))
+
+
+def tf1_checkpoint(path):
+    """A TF1 training checkpoint in folder ``path`` (prefix ``path/model.ckpt``): variables, a labels
+    placeholder, a loss and a GradientDescent step; no signature_def. The served output is ``probs``."""
+    import numpy as np
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    path.mkdir(parents=True)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        labels = v1.placeholder(tf.float32, [None, 2], name="labels")
+        w = v1.get_variable("dense/w", initializer=np.random.default_rng(11).standard_normal((4, 2)).astype(np.float32))
+        b = v1.get_variable("dense/b", initializer=np.array([0.1, -0.2], np.float32))
+        logits = tf.add(tf.matmul(x, w), b, name="logits")
+        tf.nn.softmax(logits, name="probs")
+        loss = tf.reduce_mean(tf.square(logits - labels), name="loss")
+        step = v1.train.GradientDescentOptimizer(0.1).minimize(loss, name="train_step")
+        saver = v1.train.Saver()
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            rng = np.random.default_rng(0)
+            sess.run(step, {x: rng.random((8, 4), np.float32), labels: rng.random((8, 2), np.float32)})
+            saver.save(sess, str(path / "model.ckpt"))
+
+
+def mobilenet_v2_saved_model(path):
+    """``keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))`` with random BN statistics,
+    exported as a TF2 SavedModel."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
+    randomize_batch_norms(model)
+    model.export(str(path), verbose=False)

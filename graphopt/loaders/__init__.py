@@ -1,0 +1,122 @@
+"""Load any TensorFlow model into a frozen :class:`~graphopt.model.Model`: one entry point, format detected.
+
+``load(src)`` looks at what ``src`` is (see :func:`detect`) and hands it to the
+loader of that format, one module each: TF2 SavedModel (``saved_model_tf2``),
+TF1 SavedModel (``saved_model_tf1``), TF Hub folders and handles (``hub``),
+frozen GraphDefs (``graph_def``), Keras files (``keras_file``) and TF1
+checkpoints (``checkpoint``). Every loader freezes variables into constants,
+turns lookup tables into in-graph initialisers (``tables``) and returns the
+signature it chose. The input is only ever read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from graphopt.errors import GraphoptError, InputError
+from graphopt.model import Model
+
+FORMATS = ("saved_model", "saved_model_tf1", "hub_tf1", "hub_tf2", "hub_handle", "pb", "pbtxt", "keras", "h5",
+           "checkpoint")
+
+
+def _is_handle(src: str) -> bool:
+    return "://" in src and not os.path.exists(src)
+
+
+def detect(src: str | os.PathLike) -> str:
+    """The format of ``src``, one of :data:`FORMATS`; :class:`InputError` if it is none of them."""
+    text = str(src)
+    if _is_handle(text):
+        return "hub_handle"
+    path = Path(text)
+    if not path.exists():
+        meta = Path(text + ".meta")
+        if meta.is_file():
+            return "checkpoint"
+        raise InputError("model path does not exist", where=text,
+                         hint="give a SavedModel folder, a .pb/.pbtxt/.keras/.h5 file, a checkpoint prefix or a "
+                              "TF Hub handle (https://...)")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            from graphopt.loaders.saved_model_tf1 import is_tf1_saved_model
+
+            if (path / "tfhub_module.pb").is_file():
+                return "hub_tf1"
+            return "saved_model_tf1" if is_tf1_saved_model(path) else "saved_model"
+        if (path / "keras_metadata.pb").is_file() or (path / "config.json").is_file() and (
+                path / "model.weights.h5").is_file():
+            raise InputError("this is an unzipped Keras archive, not a SavedModel", where=text,
+                             hint="load the .keras file itself")
+        raise InputError("folder holds no saved_model.pb", where=text,
+                         hint="give the SavedModel folder itself (the one containing saved_model.pb)")
+    if path.stat().st_size == 0:
+        raise InputError("model file is empty", where=text, hint="the file was probably truncated; export it again")
+    suffix = path.suffix.lower()
+    if suffix == ".meta":
+        return "checkpoint"
+    if suffix in (".pb", ".graphdef"):
+        return "pb"
+    if suffix in (".pbtxt", ".txt"):
+        return "pbtxt"
+    if suffix == ".keras":
+        return "keras"
+    if suffix in (".h5", ".hdf5"):
+        return "h5"
+    if suffix == ".index" and Path(text[: -len(".index")] + ".meta").is_file():
+        return "checkpoint"
+    raise InputError(f"unknown model format '{suffix or path.name}'", where=text,
+                     hint="supported: SavedModel folder, TF Hub folder or handle, .pb, .pbtxt, .keras, .h5, "
+                          "checkpoint (.meta or prefix)")
+
+
+def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence[str] | None = None,
+         inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None) -> Model:
+    """Load ``src`` in whatever format it is and return a frozen :class:`Model`.
+
+    ``signature`` picks a signature key (default ``serving_default``, or the only
+    one); ``tags`` picks a TF1 meta graph; ``inputs``/``outputs`` name tensors or
+    nodes for formats that carry no signature (GraphDefs, checkpoints), and
+    override the signature elsewhere. Raises :class:`InputError` naming the path.
+    """
+    text = str(src)
+    fmt = detect(text)
+    kwargs = dict(signature=signature, tags=list(tags) if tags is not None else None,
+                  inputs=list(inputs) if inputs else None, outputs=list(outputs) if outputs else None)
+    try:
+        if fmt == "saved_model":
+            from graphopt.loaders.saved_model_tf2 import load_saved_model_tf2 as fn
+        elif fmt == "saved_model_tf1":
+            from graphopt.loaders.saved_model_tf1 import load_saved_model_tf1 as fn
+        elif fmt in ("hub_tf1", "hub_handle"):
+            from graphopt.loaders.hub import load_hub as fn
+        elif fmt in ("pb", "pbtxt"):
+            from graphopt.loaders.graph_def import load_graph_def as fn
+        elif fmt in ("keras", "h5"):
+            from graphopt.loaders.keras_file import load_keras as fn
+        else:
+            from graphopt.loaders.checkpoint import load_checkpoint as fn
+        model = fn(text, **kwargs)
+    except GraphoptError:
+        raise
+    except (AttributeError, NameError, ImportError):  # a bug in graphopt, not a bad model: keep the traceback
+        raise
+    except Exception as exc:  # TensorFlow's own errors: one paragraph, never a traceback
+        raise InputError(f"cannot load {fmt} model: {_first_line(exc)}", where=text,
+                         hint="check the file is complete and the format is right; rerun with --debug for details"
+                         ) from exc
+    model.metadata.setdefault("loader", fmt)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of an exception: TF's runtime errors start with headers such as
+    'Graph execution error:' and 'Detected at node ...'."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.endswith(":") or line.startswith(("Detected at node", "Node:", "[[")):
+            continue
+        return line[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,99 @@
+"""TF1 checkpoints: a ``.meta`` file, or a prefix with ``prefix.meta`` beside it.
+
+The meta graph is imported into a fresh graph, the variables restored from the
+prefix and table initialisers run, then frozen like a TF1 SavedModel. The
+signature is a ``signature_def`` from the meta graph when it has one (chosen
+by key like SavedModels); otherwise the outputs given, or inferred with this
+heuristic: sinks of the graph, ignoring the saver (``save/``), initialisers
+(``init``, ``init_all_tables``), ``gradients/`` and optimizer/training nodes
+(ops whose name starts with ``Apply``/``ResourceApply``, scopes named after
+optimizers, summaries); and when the graph trains (it has ``Apply*`` ops),
+scalar sinks and sinks named like ``*loss*`` are dropped if other sinks remain.
+The outputs chosen are named in ``Model.metadata``
+(``inferred_outputs``) so a report can show them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from graphopt.errors import InputError
+from graphopt.loaders import signatures as sigs
+from graphopt.loaders.saved_model_tf1 import _restrict, freeze_session
+from graphopt.model import Model
+
+TRAINING_PREFIXES = ("save", "init", "init_all_tables", "init_1", "gradients", "train", "report_uninitialized_variables",
+                     "Adam", "GradientDescent", "Momentum", "RMSProp", "Adagrad", "Adadelta", "Ftrl", "global_step",
+                     "summaries")
+TRAINING_OP_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply", "Scatter", "ResourceScatter")
+
+
+def _paths(src: str) -> tuple[Path, str]:
+    if src.endswith(".meta"):
+        return Path(src), src[: -len(".meta")]
+    if src.endswith(".index"):
+        src = src[: -len(".index")]
+    return Path(src + ".meta"), src
+
+
+def _training_sinks(graph_def: Any) -> list[str]:
+    return [n.name for n in graph_def.node if n.op.startswith(TRAINING_OP_PREFIXES)]
+
+
+def _serving_sinks(graph: Any, sinks: list[str], has_training: bool) -> list[str]:
+    """In a training graph, a loss is a sink too: drop scalar sinks and sinks named like a loss, if others remain."""
+    if not has_training:
+        return sinks
+
+    def looks_like_loss(name: str) -> bool:
+        outs = graph.get_operation_by_name(name).outputs
+        return "loss" in name.lower() or bool(outs) and outs[0].shape.rank == 0
+
+    served = [s for s in sinks if not looks_like_loss(s)]
+    return served or sinks
+
+
+def load_checkpoint(src: str, *, signature: str | None = None, tags: Sequence[str] | None = None,
+                    inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None) -> Model:
+    """Load a TF1 checkpoint and freeze it (see module docstring for how outputs are chosen)."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta_path, prefix = _paths(src)
+    meta = meta_graph_pb2.MetaGraphDef()
+    try:
+        meta.ParseFromString(meta_path.read_bytes())
+    except Exception:
+        raise InputError("the .meta file is not a MetaGraphDef", where=str(meta_path),
+                         hint="give the checkpoint prefix (model.ckpt) or its .meta file") from None
+    if not Path(prefix + ".index").is_file() and not Path(prefix).is_file():
+        raise InputError("no checkpoint data beside the .meta file", where=prefix,
+                         hint=f"expected {prefix}.index and {prefix}.data-*")
+    available = sorted(meta.signature_def)
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        with graph.as_default():
+            saver = tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
+            if saver is not None:
+                saver.restore(sess, prefix)
+            table_inits = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS)
+            if table_inits:
+                sess.run(table_inits)
+        inferred: list[str] = []
+        if available and not outputs:
+            key = sigs.choose_key(available, signature, src)
+            sig = _restrict(graph, sigs.signature_from_def(meta.signature_def[key], key), inputs, outputs, src)
+        else:
+            graph_def = graph.as_graph_def()
+            training = set(_training_sinks(graph_def))
+            ignore = list(TRAINING_PREFIXES) + sorted(training)
+            if not outputs:
+                outputs = inferred = _serving_sinks(graph, sigs.infer_outputs(graph_def, ignore), bool(training))
+            sig = sigs.signature_from_names(graph_def, inputs, outputs, src, ignore_prefixes=ignore)
+        frozen, init_ops = freeze_session(sess, graph, sig)
+    model = Model(graph_def=frozen, signature=sig, init_ops=init_ops, source=src, format="checkpoint")
+    if inferred:
+        model.metadata["inferred_outputs"] = inferred
+    model.metadata["signatures"] = available
+    return model

@@ -1,0 +1,157 @@
+"""TF2 SavedModels (``tf.saved_model.save``, Keras ``model.export``), and freezing any TF2 concrete function.
+
+The signature function is frozen with ``convert_variables_to_constants_v2``
+and ``lower_control_flow=False``, so functional ``While``/``If`` stay functional
+with their bodies in the graph's function library (also frozen). Tables the
+function captured are re-created in the graph (see :mod:`graphopt.loaders.tables`).
+Models without signatures (some TF2 Hub models) are served through their
+``__call__`` function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from graphopt.errors import InputError
+from graphopt.loaders import signatures as sigs
+from graphopt.loaders.tables import RESOURCE, inline_captured_tables
+from graphopt.model import DEFAULT_SIGNATURE, Model, Signature, TensorSpec
+
+
+def _key_from_path(path: str) -> str:
+    return sigs.sanitize_key(path.replace("/", "_"))
+
+
+def freeze_function(fn: Any, *, key: str = DEFAULT_SIGNATURE, source: str = "<memory>", fmt: str = "saved_model",
+                    input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> Model:
+    """Freeze a ``ConcreteFunction`` into a :class:`Model` whose signature keys follow the function's structure.
+
+    Keyword arguments (signature functions) keep their keys; positional ones use
+    ``input_names`` or their ``TensorSpec`` names. Dict outputs keep their keys,
+    others use ``output_names`` or ``output_<i>``.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.util import nest
+
+    frozen = convert_variables_to_constants_v2(fn, lower_control_flow=False)
+    graph_def = frozen.graph.as_graph_def()
+
+    args, kwargs = fn.structured_input_signature
+    in_keys: list[str] = []
+    flat_args = [s for s in tf.nest.flatten(args, expand_composites=False) if isinstance(s, tf.TensorSpec)]
+    for i, spec in enumerate(flat_args):
+        name = input_names[i] if input_names and i < len(input_names) else (spec.name or f"input_{i}")
+        in_keys.append(sigs.sanitize_key(name))
+    for path, spec in nest.flatten_with_joined_string_paths(kwargs):
+        if isinstance(spec, tf.TensorSpec):
+            in_keys.append(_key_from_path(path))
+    for path, spec in nest.flatten_with_joined_string_paths(fn.structured_input_signature):
+        if isinstance(spec, tf.TypeSpec) and not isinstance(spec, tf.TensorSpec):
+            raise InputError(f"input '{path}' is a {type(spec).__name__}; only dense tensors can be served here",
+                             where=source, hint="export a signature with dense tensor inputs")
+    user_inputs = list(frozen.inputs[:len(in_keys)])
+    by_name = {t.op.name: t for t in user_inputs}
+    # Signature functions name their placeholders after their keys; trust the names over the order.
+    if set(in_keys) <= set(by_name):
+        inputs = {k: sigs.spec_from_tensor(by_name[k]) for k in in_keys}
+    else:
+        inputs = {k: sigs.spec_from_tensor(t) for k, t in zip(in_keys, user_inputs)}
+
+    structured = fn.structured_outputs
+    flat_out = [(p, t) for p, t in nest.flatten_with_joined_string_paths(structured) if t is not None]
+    if isinstance(structured, dict):
+        out_keys = [_key_from_path(p) for p, _ in flat_out]
+    else:
+        out_keys = [output_names[i] if output_names and i < len(output_names) else f"output_{i}"
+                    for i in range(len(flat_out))]
+    if len(frozen.outputs) != len(out_keys):
+        raise InputError("cannot match the function's outputs to its structure (composite outputs?)", where=source,
+                         hint="export a signature returning a dict of dense tensors")
+    outputs = {k: sigs.spec_from_tensor(t) for k, t in zip(out_keys, frozen.outputs)}
+
+    captures = {internal.op.name: external for external, internal in fn.graph.captures
+                if internal.dtype == tf.resource}
+    init_ops = inline_captured_tables(graph_def, captures)
+    left = [n.name for n in graph_def.node if n.op == "Placeholder" and n.attr["dtype"].type == RESOURCE]
+    if left:
+        raise InputError(f"the function reads resources that are neither variables nor tables: {', '.join(left)}",
+                         where=source, hint="graphopt can only freeze variables and lookup tables")
+    return Model(graph_def=graph_def, signature=Signature(inputs=inputs, outputs=outputs, key=key),
+                 init_ops=init_ops, source=source, format=fmt)
+
+
+def _pick_call_function(obj: Any, where: str) -> Any:
+    call = getattr(obj, "__call__", None)
+    concrete = list(getattr(call, "concrete_functions", []) or [])
+    if not concrete:
+        raise InputError("the SavedModel has no signatures and no __call__ function", where=where,
+                         hint="export it with signatures={'serving_default': fn}")
+
+    def inference_first(fn: Any) -> int:
+        # TF2 Hub models save __call__ for training=True and False; serve the inference one.
+        import tensorflow as tf
+
+        flat = tf.nest.flatten(fn.structured_input_signature)
+        return 0 if False in flat else 1 if True not in flat else 2
+
+    return sorted(concrete, key=inference_first)[0]
+
+
+def load_tf2_object(path: str, tags: Sequence[str] | None) -> Any:
+    """``tf.saved_model.load`` with errors naming the tag sets the model has."""
+    import tensorflow as tf
+
+    from graphopt.loaders.saved_model_tf1 import tag_sets
+
+    try:
+        return tf.saved_model.load(path, tags=list(tags) if tags is not None else None)
+    except (RuntimeError, ValueError) as exc:
+        if tags is not None and "tags" in str(exc).lower():
+            raise InputError(f"no meta graph with tags {sorted(tags)}", where=path,
+                             hint=f"tag sets in the model: {', '.join(str(sorted(t)) for t in tag_sets(path))}"
+                             ) from None
+        raise
+
+
+def load_saved_model_tf2(path: str, *, signature: str | None = None, tags: Sequence[str] | None = None,
+                         inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
+                         fmt: str = "saved_model") -> Model:
+    """Load a TF2 SavedModel and freeze the chosen signature (see module docstring)."""
+    obj = load_tf2_object(path, tags)
+    available = sorted(getattr(obj, "signatures", {}) or {})
+    if available or signature is not None:
+        key = sigs.choose_key(available, signature, path)
+        fn = obj.signatures[key]
+        model = freeze_function(fn, key=key, source=path, fmt=fmt)
+    else:
+        fn = _pick_call_function(obj, path)
+        model = freeze_function(fn, key=DEFAULT_SIGNATURE, source=path, fmt=fmt)
+        model.metadata["function"] = "__call__"
+    model.metadata["signatures"] = available
+    return restrict(model, inputs, outputs)
+
+
+def restrict(model: Model, inputs: Sequence[str] | None, outputs: Sequence[str] | None) -> Model:
+    """Override a loaded signature with user-given inputs/outputs (signature keys or graph names)."""
+    if not inputs and not outputs:
+        return model
+    sig = model.signature
+    graph = None
+
+    def pick(names: Sequence[str], current: dict[str, TensorSpec], role: str) -> dict[str, TensorSpec]:
+        nonlocal graph
+        out: dict[str, TensorSpec] = {}
+        for name in names:
+            if name in current:
+                out[name] = current[name]
+                continue
+            if graph is None:
+                graph = sigs.graph_tensors(model.graph_def)
+            out.update(sigs.resolve_names(graph, [name], model.source, role))
+        return out
+
+    new_in = pick(inputs, sig.inputs, "input") if inputs else sig.inputs
+    new_out = pick(outputs, sig.outputs, "output") if outputs else sig.outputs
+    return model.replace(signature=Signature(inputs=new_in, outputs=new_out, key=sig.key,
+                                             method_name=sig.method_name))

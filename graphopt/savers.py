@@ -1,0 +1,176 @@
+"""Write a :class:`~graphopt.model.Model`: a SavedModel TF Serving loads as it is, or a frozen ``.pb``/``.pbtxt``.
+
+The SavedModel is written with ``tf.compat.v1.saved_model.Builder``: the frozen
+GraphDef imported into a fresh graph, tag ``serve``, one signature with the
+model's original keys, dtypes and shapes (method ``tensorflow/serving/predict``),
+the init ops grouped as the main op (TF Serving runs it at load), assets copied.
+
+Every write is atomic: it goes to a temporary sibling of the destination and
+is renamed into place only when complete; on any failure the temporary is
+removed and nothing is left behind. An existing destination is replaced only
+with ``force=True``; a destination inside the model's own source folder is
+refused, so the input is never written to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from graphopt.errors import GraphoptError, OutputError
+from graphopt.model import Model, node_name
+
+SAVE_FORMATS = ("saved_model", "pb", "pbtxt")
+
+
+def format_for(path: str | os.PathLike, given: str | None = None) -> str:
+    """``given``, else ``pb``/``pbtxt`` from the extension, else ``saved_model``."""
+    if given:
+        if given not in SAVE_FORMATS:
+            raise OutputError(f"unknown output format '{given}'", hint=f"use one of {', '.join(SAVE_FORMATS)}")
+        return given
+    suffix = Path(path).suffix.lower()
+    return {".pb": "pb", ".pbtxt": "pbtxt"}.get(suffix, "saved_model")
+
+
+def check_destination(model: Model, dest: Path, force: bool) -> None:
+    src = model.source
+    if src and "://" not in src and src != "<memory>":
+        source = Path(src).resolve()
+        source_dir = source if source.is_dir() else None
+        if source == dest or (source_dir is not None and (source_dir == dest or source_dir in dest.parents)):
+            raise OutputError("the output would be written inside the input model", where=str(dest),
+                              hint="choose an output path outside the model's folder; graphopt never writes to its input")
+        if dest in source.parents:
+            raise OutputError("the output would replace a folder holding the input model", where=str(dest),
+                              hint="choose another output path")
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise OutputError("the output already exists", where=str(dest), hint="pass --force to replace it")
+    if not dest.parent.exists():
+        try:
+            dest.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", where=str(dest.parent),
+                              hint="check the path and permissions") from None
+
+
+def _atomic(dest: Path, force: bool, write: Callable[[Path], None], is_dir: bool) -> None:
+    """Run ``write(tmp)`` on a temporary sibling of ``dest``, then move it into place."""
+    try:
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+            target = tmp / "model"  # Builder wants a folder that does not exist yet
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+            os.close(fd)
+            tmp = target = Path(name)
+    except OSError as exc:
+        raise OutputError(f"cannot write next to the output: {exc.strerror or exc}", where=str(dest.parent),
+                          hint="check the path and permissions") from None
+    old: Path | None = None
+    try:
+        write(target)
+        if dest.exists() or dest.is_symlink():
+            # Move the old output aside first, so a failed rename can put it back.
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+            os.replace(dest, old)
+        os.replace(target, dest)
+    except BaseException as exc:
+        if old is not None and not dest.exists():
+            os.replace(old, dest)
+            old = None
+        if isinstance(exc, GraphoptError):
+            raise
+        if isinstance(exc, Exception):
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OutputError(f"cannot write the model: {reason}", where=str(dest),
+                              hint="nothing was written; rerun with --debug for details") from exc
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink(
+                missing_ok=True)
+
+
+def _tensor_info(graph: Any, name: str) -> Any:
+    import tensorflow as tf
+
+    return tf.compat.v1.saved_model.utils.build_tensor_info(graph.get_tensor_by_name(name))
+
+
+def write_saved_model(model: Model, directory: str | os.PathLike) -> Path:
+    """Write ``model`` as a SavedModel into ``directory``, which must not exist (no atomicity, no checks).
+
+    Reusable by anything that lays out its own folders (e.g. versioned serving layouts).
+    """
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_shape_pb2
+
+    directory = Path(directory)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(model.graph_def, name="")
+        sig = model.signature
+        inputs, outputs = {}, {}
+        for key, spec in sig.inputs.items():
+            info = _tensor_info(graph, spec.name)
+            if spec.shape is not None and info.tensor_shape.unknown_rank:
+                # Keep the loaded signature's shape even if the graph lost it (e.g. a pass cleared _output_shapes).
+                info.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
+                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in spec.shape]))
+            inputs[key] = info
+        for key, spec in sig.outputs.items():
+            outputs[key] = _tensor_info(graph, spec.name)
+        signature_def = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs=inputs, outputs=outputs, method_name=sig.method_name)
+        main_op = None
+        if model.init_ops:
+            init = [graph.get_operation_by_name(node_name(n)) for n in model.init_ops]
+            main_op = tf.group(*init, name="graphopt_main_op")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            builder = tf.compat.v1.saved_model.Builder(str(directory))
+            builder.add_meta_graph_and_variables(
+                sess, [tf.saved_model.SERVING], signature_def_map={sig.key: signature_def},
+                main_op=main_op, strip_default_attrs=False, clear_devices=True)
+            builder.save()
+    if model.assets:
+        assets = directory / "assets"
+        assets.mkdir(exist_ok=True)
+        for name, src in model.assets.items():
+            shutil.copy2(src, assets / name)
+    return directory
+
+
+def write_graph_def(model: Model, path: str | os.PathLike, *, text: bool = False) -> Path:
+    """Write the frozen GraphDef (binary, or text format with ``text=True``)."""
+    path = Path(path)
+    if text:
+        from google.protobuf import text_format
+
+        path.write_text(text_format.MessageToString(model.graph_def))
+    else:
+        path.write_bytes(model.graph_def.SerializeToString())
+    return path
+
+
+def save(model: Model, path: str | os.PathLike, *, format: str | None = None, force: bool = False) -> Path:
+    """Write ``model`` to ``path`` atomically as ``saved_model`` (default), ``pb`` or ``pbtxt``.
+
+    The format defaults to the extension (``.pb``/``.pbtxt``) or a SavedModel
+    folder. Raises :class:`OutputError` if ``path`` exists (unless ``force``),
+    lies inside the input model, or cannot be written. Returns the path.
+    """
+    fmt = format_for(path, format)
+    dest = Path(path).absolute()
+    check_destination(model, dest, force)
+    if fmt == "saved_model":
+        _atomic(dest, force, lambda target: write_saved_model(model, target), is_dir=True)
+    else:
+        _atomic(dest, force, lambda target: write_graph_def(model, target, text=fmt == "pbtxt"), is_dir=False)
+    return dest
