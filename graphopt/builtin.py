@@ -13,6 +13,7 @@ from graphopt.hookspecs import hookimpl
 
 PASS_MODULES = [
     "graphopt.passes.precision",
+    "graphopt.passes.grappler",
 ]
 
 COMMAND_MODULES = {

@@ -1,0 +1,222 @@
+"""Grappler, run offline for a stated target device, so the runtime has nothing left to do.
+
+TensorFlow's runtime optimizer (Grappler) rewrites a graph when a session first
+builds an executor, i.e. on the first request. Running it here instead, and
+serving with runtime Grappler off (see :mod:`graphopt.serving_config`), moves
+that cost out of the first request at equal latency.
+
+Every node is placed on the target device first (default ``/device:CPU:0``):
+Grappler's remapper only fuses ops it knows run on CPU, so without placement
+offline Grappler leaves batch norms as Mul/Add the runtime cannot re-fuse and
+the graph runs slower; placed, it builds the same graph the runtime would
+(``_FusedConv2D``, ``_FusedDepthwiseConv2dNative``, ``_FusedMatMul``).
+
+``OptimizeGraph`` aborts the whole process (``F tensor.cc ... Type not set``)
+on a feed without a dtype, which no ``except`` catches: preconditions are
+checked first, and graphs that cannot be fully checked (function libraries) are
+optimized in a child process whose crash becomes a :class:`PassError`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from typing import Any
+
+from graphopt.errors import PassError
+from graphopt.model import Model, node_name
+from graphopt.passes.base import Option, Pass, PassResult
+
+DEFAULT_DEVICE = "/device:CPU:0"
+
+
+def check_preconditions(model: Model) -> list[str]:
+    """Reasons ``OptimizeGraph`` could abort the process on this model; empty when it is safe to call."""
+    problems: list[str] = []
+    nodes = {n.name: n for n in model.graph_def.node}
+    for key, spec in model.signature.inputs.items():
+        node = nodes.get(spec.node)
+        if node is None:
+            problems.append(f"signature input '{key}' names node '{spec.node}', which is not in the graph")
+        elif not spec.dtype or spec.dtype == "invalid":
+            problems.append(f"signature input '{key}' has no dtype")
+    for key, spec in model.signature.outputs.items():
+        if spec.node not in nodes:
+            problems.append(f"signature output '{key}' names node '{spec.node}', which is not in the graph")
+    for node in model.graph_def.node:
+        if node.op in ("Placeholder", "PlaceholderV2", "PlaceholderWithDefault") and (
+                "dtype" not in node.attr or node.attr["dtype"].type == 0):
+            problems.append(f"placeholder '{node.name}' has no dtype")
+    for name in model.init_ops:
+        if node_name(name) not in nodes:
+            problems.append(f"init op '{name}' is not in the graph")
+    return problems
+
+
+def _tensor_info(spec: Any, info: Any) -> None:
+    from tensorflow.python.framework import dtypes
+
+    info.name = spec.name
+    info.dtype = dtypes.as_dtype(spec.dtype).as_datatype_enum
+    if spec.shape is None:
+        info.tensor_shape.unknown_rank = True
+    else:
+        for d in spec.shape:
+            info.tensor_shape.dim.add(size=-1 if d is None else d)
+
+
+def build_meta_graph(model: Model, device: str) -> Any:
+    """A MetaGraphDef Grappler reads feeds and fetches from: the signature, plus init ops as fetches."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta = meta_graph_pb2.MetaGraphDef()
+    meta.graph_def.CopyFrom(model.graph_def)
+    if device:
+        for node in meta.graph_def.node:
+            node.device = device
+    sig = meta.signature_def[model.signature.key]
+    sig.method_name = model.signature.method_name
+    for key, spec in model.signature.inputs.items():
+        _tensor_info(spec, sig.inputs[key])
+    for key, spec in model.signature.outputs.items():
+        _tensor_info(spec, sig.outputs[key])
+    # Fetch nodes are never pruned nor renamed; init ops must survive although no output needs them.
+    fetch = dict.fromkeys(model.signature.output_nodes + [node_name(n) for n in model.init_ops])
+    meta.collection_def["train_op"].node_list.value.extend(fetch)
+    return meta
+
+
+def grappler_config(optimizers: list[str] | None = None) -> Any:
+    """The ConfigProto offline Grappler runs with: Grappler's default optimizers (or the ones named)."""
+    from tensorflow.core.protobuf import config_pb2
+
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.min_graph_nodes = -1  # optimize small graphs too (default skips graphs under 4 nodes)
+    if optimizers:
+        rewrite.optimizers.extend(optimizers)
+    return config
+
+
+def _optimize_here(config_bytes: bytes, meta_bytes: bytes) -> bytes:
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    config = config_pb2.ConfigProto.FromString(config_bytes)
+    meta = meta_graph_pb2.MetaGraphDef.FromString(meta_bytes)
+    return tf_optimizer.OptimizeGraph(config, meta, verbose=False).SerializeToString()
+
+
+def _optimize_in_child(config_bytes: bytes, meta_bytes: bytes, timeout: float) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="graphopt-grappler-") as tmp:
+        paths = [os.path.join(tmp, n) for n in ("config.pb", "meta.pb", "out.pb")]
+        for path, data in zip(paths, (config_bytes, meta_bytes)):
+            with open(path, "wb") as f:
+                f.write(data)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "graphopt.passes.grappler", *paths], capture_output=True,
+                                  text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise PassError(f"Grappler did not finish within {timeout:g} s", hint="raise the pass's timeout") from None
+        if proc.returncode != 0 or not os.path.exists(paths[2]):
+            fatal = [ln for ln in proc.stderr.splitlines() if ln.startswith("F") or "Error" in ln]
+            raise PassError(f"Grappler crashed (exit code {proc.returncode})",
+                            details=(fatal or proc.stderr.strip().splitlines())[-3:],
+                            hint="check that every signature input has a dtype and every output exists")
+        with open(paths[2], "rb") as f:
+            return f.read()
+
+
+class GrapplerOptimize(Pass):
+    """Run Grappler offline for one device, keeping signature names, so serving can skip runtime Grappler."""
+
+    name = "grappler_optimize"
+    description = ("Run TensorFlow's Grappler offline with every node placed on a target device "
+                   "(fused kernels as the runtime would build them); serve with runtime Grappler off.")
+    options = {
+        "device": Option(str, DEFAULT_DEVICE, "device every node is placed on before optimizing ('' for none)"),
+        "optimizers": Option(list, [], "Grappler optimizers to run (e.g. constfold, remap); default: Grappler's set"),
+        "clear_devices": Option(bool, True, "remove the device placement afterwards (keeps the export portable)"),
+        "isolate": Option(str, "auto", "run Grappler in a child process: auto (when the graph has functions), "
+                                       "always or never", choices=("auto", "always", "never")),
+        "timeout": Option(float, 600.0, "seconds a child process may take"),
+    }
+
+    def run(self, model: Model) -> PassResult:
+        problems = check_preconditions(model)
+        if problems:
+            raise PassError("Grappler cannot run on this graph: " + problems[0], details=problems[1:5],
+                            hint="give every placeholder a dtype and name existing signature tensors")
+        device = self.config["device"]
+        meta = build_meta_graph(model, device)
+        config = grappler_config(self.config["optimizers"])
+        isolate = self.config["isolate"]
+        # Function bodies can hold feeds and shapes checked only inside Grappler: keep its crashes out of ours.
+        in_child = isolate == "always" or (isolate == "auto" and len(model.graph_def.library.function) > 0)
+        try:
+            if in_child:
+                out_bytes = _optimize_in_child(config.SerializeToString(), meta.SerializeToString(),
+                                               self.config["timeout"])
+            else:
+                out_bytes = _optimize_here(config.SerializeToString(), meta.SerializeToString())
+        except PassError:
+            raise
+        except Exception as exc:  # a TF status error: name it, never let it escape raw
+            raise PassError(f"Grappler failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
+                            where=f"device {device or 'none'}") from None
+        graph_def = type(model.graph_def).FromString(out_bytes)
+        if not graph_def.HasField("versions") and model.graph_def.HasField("versions"):
+            graph_def.versions.CopyFrom(model.graph_def.versions)
+        if self.config["clear_devices"]:
+            for node in graph_def.node:
+                node.device = ""
+            for fn in graph_def.library.function:
+                for node in fn.node_def:
+                    node.device = ""
+        names = {n.name for n in graph_def.node}
+        lost = sorted(n for n in model.protected_nodes if n not in names)
+        if lost:
+            raise PassError(f"Grappler removed or renamed signature/init node '{lost[0]}'", details=lost[1:5],
+                            hint="report this graph; run the pipeline without grappler_optimize meanwhile")
+        before, after = Counter(n.op for n in model.graph_def.node), Counter(n.op for n in graph_def.node)
+        fused = sum(c for op, c in after.items() if op.startswith("_Fused"))
+        counters = {"nodes_before": len(model.graph_def.node), "nodes_after": len(graph_def.node),
+                    "fused_ops": fused, "isolated": int(in_child)}
+        modified = graph_def.SerializeToString(deterministic=True) != model.graph_def.SerializeToString(
+            deterministic=True)
+        notes = []
+        if model.metadata.get("weight_storage"):
+            notes.append(f"weights stored as {model.metadata['weight_storage']} were folded back to float32: "
+                         "run weights_to_fp16/weights_to_int8 after grappler_optimize")
+        if fused:
+            kinds = ", ".join(f"{op} {after[op] - before[op]:+d}" for op in sorted(after) if op.startswith("_Fused"))
+            notes.append(f"fused kernels: {kinds}")
+        # Recorded for graphopt.serving_config: a pre-optimized graph is served with runtime Grappler off.
+        metadata = {k: v for k, v in model.metadata.items() if k != "weight_storage"}
+        metadata["grappler_device"] = device
+        return PassResult(model.replace(graph_def=graph_def, metadata=metadata), modified=modified, counters=counters,
+                          notes=notes)
+
+
+PASSES = [GrapplerOptimize]
+
+
+def _child_main(argv: list[str]) -> int:
+    # Entry point of the isolated child: config, meta graph in; optimized GraphDef out.
+    config_path, meta_path, out_path = argv
+    with open(config_path, "rb") as f:
+        config_bytes = f.read()
+    with open(meta_path, "rb") as f:
+        meta_bytes = f.read()
+    out = _optimize_here(config_bytes, meta_bytes)
+    with open(out_path, "wb") as f:
+        f.write(out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the isolate option
+    sys.exit(_child_main(sys.argv[1:]))

@@ -1,0 +1,177 @@
+"""grappler_optimize (offline Grappler for a target device) and the serving config that goes with it."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from graphopt import serving_config
+from graphopt.errors import PassError, UsageError
+from graphopt.model import Model, Signature, TensorSpec
+from graphopt.passes.grappler import GrapplerOptimize, _optimize_in_child, build_meta_graph, grappler_config
+from graphopt.pipeline import Pipeline
+from graphopt.runtime import random_inputs, run_model, session_config
+
+from models import small_mobilenet
+
+
+
+def off():
+    return session_config(grappler=False)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    model = small_mobilenet()
+    feeds = random_inputs(model.signature)
+    return model, feeds, run_model(model, feeds)["output"]
+
+
+def ops(model):
+    return Counter(n.op for n in model.graph_def.node)
+
+
+def test_fuses_for_cpu_keeps_names_and_runs_without_runtime_grappler(mobilenet):
+    model, feeds, ref = mobilenet
+    result = GrapplerOptimize().run(model.copy())
+    out = result.model
+    assert result.modified
+    assert ops(out)["_FusedConv2D"] >= 20 and result.counters["fused_ops"] == sum(
+        c for op, c in ops(out).items() if op.startswith("_Fused"))
+    assert len(out.graph_def.node) < 0.5 * len(model.graph_def.node)
+    names = {n.name for n in out.graph_def.node}
+    assert model.protected_nodes <= names  # signature input and output keep their names
+    assert all(n.device == "" for n in out.graph_def.node)  # clear_devices (default)
+    assert out.metadata["grappler_device"] == "/device:CPU:0"
+    # the pre-optimized graph, run with runtime Grappler off, gives the original's outputs
+    got = run_model(out, feeds, config=off())["output"]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    # and an unoptimized graph run the same way gets no fused kernels at all: the pass did the work
+    assert ops(model)["_FusedConv2D"] == 0
+
+
+def test_without_device_placement_the_remapper_fuses_nothing(mobilenet):
+    model, feeds, ref = mobilenet
+    unplaced = GrapplerOptimize(device="").run(model.copy()).model
+    assert not any(op.startswith("_Fused") for op in ops(unplaced))
+    np.testing.assert_allclose(run_model(unplaced, feeds, config=off())["output"], ref, rtol=1e-5, atol=1e-7)
+    kept = GrapplerOptimize(clear_devices=False).run(model.copy()).model
+    assert {n.device for n in kept.graph_def.node} == {"/device:CPU:0"}
+
+
+def _dense_relu_with_table() -> Model:
+    """x -> MatMul -> BiasAdd -> Relu, plus a string lookup whose table needs an init op."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    rng = np.random.default_rng(0)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 16], name="x")
+        words = v1.placeholder(tf.string, [None], name="words")
+        w = tf.constant(rng.standard_normal((16, 8)).astype(np.float32), name="w")
+        b = tf.constant(rng.standard_normal(8).astype(np.float32), name="b")
+        h = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, w), b), name="h")
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(["a", "b", "c"]), tf.constant([1, 2, 3], tf.int64)), -1)
+        ids = tf.identity(table.lookup(words), name="ids")
+        init = v1.tables_initializer(name="init_all_tables")
+    sig = Signature({"x": TensorSpec("x:0", "float32", (None, 16)), "words": TensorSpec("words:0", "string", (None,))},
+                    {"h": TensorSpec(h.name, "float32", (None, 8)), "ids": TensorSpec(ids.name, "int64", (None,))})
+    return Model(g.as_graph_def(), sig, init_ops=[init.name])
+
+
+def test_matmul_fusion_and_init_ops_survive():
+    model = _dense_relu_with_table()
+    feeds = {"x": np.random.default_rng(1).random((2, 16)).astype(np.float32),
+             "words": np.array([b"a", b"c", b"zz"], dtype=object)}
+    ref = run_model(model, feeds)
+    out = GrapplerOptimize().run(model.copy()).model
+    assert ops(out)["_FusedMatMul"] == 1 and ops(out)["MatMul"] == 0
+    assert "init_all_tables" in {n.name for n in out.graph_def.node}
+    got = run_model(out, feeds, config=off())
+    np.testing.assert_allclose(got["h"], ref["h"], rtol=1e-6)
+    assert got["ids"].tolist() == [1, 3, -1]
+
+
+def test_isolated_child_gives_the_same_graph(mobilenet):
+    model = mobilenet[0]
+    here = GrapplerOptimize(isolate="never").run(model.copy())
+    child = GrapplerOptimize(isolate="always").run(model.copy())
+    assert child.counters["isolated"] == 1 and here.counters["isolated"] == 0
+    assert ops(child.model) == ops(here.model)
+
+
+def test_a_placeholder_without_dtype_is_refused_before_grappler_can_abort():
+    model = _dense_relu_with_table()
+    for node in model.graph_def.node:
+        if node.name == "x":
+            del node.attr["dtype"]
+    with pytest.raises(PassError, match="placeholder 'x' has no dtype"):
+        GrapplerOptimize().run(model.copy())
+    missing = _dense_relu_with_table()
+    missing = missing.replace(signature=Signature({"x": TensorSpec("nope:0", "float32", (None, 16))},
+                                                  missing.signature.outputs))
+    with pytest.raises(PassError, match="'nope', which is not in the graph"):
+        GrapplerOptimize().run(missing)
+
+
+def test_a_grappler_abort_in_the_child_becomes_a_pass_error():
+    # A feed without a dtype makes OptimizeGraph abort the process (F tensor.cc ... Type not set):
+    # in the child that is a PassError, and this process lives on.
+    model = _dense_relu_with_table()
+    meta = build_meta_graph(model, "/device:CPU:0")
+    meta.signature_def[model.signature.key].inputs["x"].dtype = 0
+    with pytest.raises(PassError, match="Grappler crashed") as info:
+        _optimize_in_child(grappler_config().SerializeToString(), meta.SerializeToString(), timeout=300)
+    assert any("Type not set" in d for d in info.value.details)
+
+
+def test_options_from_a_transform_string_and_bad_options():
+    model = _dense_relu_with_table()
+    result = Pipeline.parse("grappler_optimize(optimizers=constfold, optimizers=remap)").run(model)
+    assert result.records[0].status == "applied"
+    assert ops(result.model)["_FusedMatMul"] == 1
+    with pytest.raises(UsageError):
+        Pipeline.parse("grappler_optimize(isolate=sometimes)")
+
+
+def test_weights_compressed_after_grappler_stay_compressed_and_ask_for_constfold(mobilenet):
+    model, feeds, ref = mobilenet
+    result = Pipeline.parse("grappler_optimize weights_to_fp16").run(model)
+    out = result.model
+    assert ops(out)["_FusedConv2D"] >= 20 and any(
+        n.op == "Const" and n.attr["dtype"].type == 19 for n in out.graph_def.node)
+    assert serving_config.recommended_optimizer(out) == "constfold"
+    assert serving_config.recommended_optimizer(Pipeline.parse("grappler_optimize").run(model).model) == "off"
+    assert serving_config.recommended_optimizer(model) == "full"
+    config = serving_config.session_config_proto(runtime_optimizer="constfold")
+    got = run_model(out, feeds, config=config)["output"]
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-3
+
+
+def test_serving_config_texts_parse_back_as_the_protos_tf_serving_reads(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import config_pb2
+
+    text = serving_config.session_config_text(runtime_optimizer="off", intra_op=2, inter_op=1)
+    parsed = text_format.Parse(text, config_pb2.ConfigProto())
+    assert parsed.graph_options.rewrite_options.disable_meta_optimizer
+    assert (parsed.intra_op_parallelism_threads, parsed.inter_op_parallelism_threads) == (2, 1)
+
+    platform = serving_config.platform_config_text(runtime_optimizer="constfold")
+    assert "[type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig]" in platform
+    platform_map, session = serving_config.parse_platform_config(platform)
+    assert list(platform_map.platform_configs) == ["tensorflow"]
+    assert list(session.graph_options.rewrite_options.optimizers) == ["constfold"]
+    assert not session.graph_options.rewrite_options.disable_meta_optimizer
+
+    paths = serving_config.write_serving_config(tmp_path / "cfg", intra_op=4)
+    assert paths["session"].read_text() == serving_config.session_config_text(intra_op=4)
+    assert serving_config.parse_platform_config(paths["platform"].read_text())[1].intra_op_parallelism_threads == 4
+    assert serving_config.model_server_flags(tmp_path / "cfg") == [f"--platform_config_file={paths['platform']}"]
+    assert serving_config.serving_environment(onednn=True) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    with pytest.raises(UsageError):
+        serving_config.session_config_proto(runtime_optimizer="sometimes")
