@@ -19,6 +19,7 @@ PASS_MODULES = [
 COMMAND_MODULES = {
     "passes": "graphopt.cli.commands.passes",
     "plugins": "graphopt.cli.commands.plugins",
+    "demo": "graphopt.cli.commands.demo",
     "serve": "graphopt.cli.commands.serve",
     "predict": "graphopt.cli.commands.predict",
     "serving-config": "graphopt.cli.commands.serving_config",

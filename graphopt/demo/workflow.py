@@ -60,6 +60,7 @@ class Optimization:
     max_abs_diff: dict[str, float]
     classes_equal: bool
     error: str | None = None
+    variables_files: int = 0
 
     @property
     def max_diff(self) -> float:
@@ -256,6 +257,11 @@ def saved_model_bytes(path: str | Path) -> int:
     return (Path(path) / "saved_model.pb").stat().st_size
 
 
+def _variables_files(path: Path) -> int:
+    folder = path / "variables"
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
 def _saved_graph_def(path: str | Path) -> Any:
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -269,19 +275,26 @@ def _saved_graph_def(path: str | Path) -> Any:
 
 def run_workflow(workdir: str | Path, *, pipelines: tuple[str, ...] = ("gtt-seed", "serving"),
                  progress: Callable[[Step], None] | None = None, detector_options: dict[str, Any] | None = None,
-                 image: np.ndarray | None = None) -> DemoResult:
+                 image: np.ndarray | None = None, module: str | Path | None = None) -> DemoResult:
     """Build the detector, wrap and save it as-is, optimize it with each preset in ``pipelines``, compare.
 
     ``pipelines[0]`` must be registered (``gtt-seed`` is, by graphopt.native);
     later ones that are not registered are skipped. A pipeline that fails
     raises its :class:`~graphopt.errors.PassError` for the first one, and is
     recorded with its error for later ones. ``progress`` is called after each step.
+    ``module`` reuses a detector module already built by :func:`build_module` instead of building one.
     """
     import graphopt
     from graphopt.demo.detector import build_module
     from graphopt.plugins import default_host
 
+    from graphopt.errors import OutputError
+
     workdir = Path(workdir)
+    taken = [p.name + "/" for p in (workdir / "module", workdir / "models") if p.exists()]
+    if taken:
+        raise OutputError(f"the workdir already holds {' and '.join(taken)} from an earlier run", where=str(workdir),
+                          hint="give an empty or new --workdir, or remove that one")
     workdir.mkdir(parents=True, exist_ok=True)
     steps: list[Step] = []
 
@@ -291,7 +304,7 @@ def run_workflow(workdir: str | Path, *, pipelines: tuple[str, ...] = ("gtt-seed
             progress(steps[-1])
 
     t0 = time.perf_counter()
-    module_path = build_module(workdir / "module", **(detector_options or {}))
+    module_path = Path(module) if module else build_module(workdir / "module", **(detector_options or {}))
     module_ops = Counter(n.op for n in _module_meta_graph(module_path).graph_def.node)
     done("build", f"SSD/MobileNetV2 detector written as a TF1 Hub module ({sum(module_ops.values())} nodes, "
                   f"{module_ops['VariableV2']} VariableV2, {module_ops['FusedBatchNorm']} FusedBatchNorm, "
@@ -321,11 +334,12 @@ def run_workflow(workdir: str | Path, *, pipelines: tuple[str, ...] = ("gtt-seed
 
     t0 = time.perf_counter()
     model = graphopt.load(str(as_is))
-    done("load", f"graphopt.load: {model.format}, signature {model.signature.key}, {model.node_count} nodes", t0)
+    done("load", f"graphopt.load: {model.format}, signature {model.signature.key}, {model.node_count} nodes "
+                 f"(freezing keeps what the signature needs: the training branch is dropped here)", t0)
 
     result = DemoResult(
         workdir=str(workdir), module_path=str(module_path), as_is_path=str(as_is),
-        as_is_saved_model_bytes=as_is_bytes, as_is_variables_files=len(list((as_is / "variables").iterdir())),
+        as_is_saved_model_bytes=as_is_bytes, as_is_variables_files=_variables_files(as_is),
         as_is_nodes=len(frozen.node), as_is_ops=watched(frozen), loaded_nodes=model.node_count,
         image_shape=tuple(image.shape), steps=steps)
     presets = default_host().registry.presets
@@ -365,4 +379,5 @@ def _optimize(model: Any, name: str, out: Path, image: np.ndarray, reference: di
                               f"{'equal' if classes_equal else 'DIFFER'}", t0)
     optimized = _saved_graph_def(out)
     return Optimization(name, run.spec, str(out), saved_model_bytes(out), len(optimized.node), watched(optimized),
-                        [r.to_dict() for r in run.records], seconds, diffs, classes_equal)
+                        [r.to_dict() for r in run.records], seconds, diffs, classes_equal,
+                        variables_files=_variables_files(out))
