@@ -19,6 +19,7 @@ PASS_MODULES = [
 COMMAND_MODULES = {
     "passes": "graphopt.cli.commands.passes",
     "plugins": "graphopt.cli.commands.plugins",
+    "optimize": "graphopt.cli.commands.optimize",
     "demo": "graphopt.cli.commands.demo",
     "serve": "graphopt.cli.commands.serve",
     "predict": "graphopt.cli.commands.predict",
