@@ -30,6 +30,21 @@ COMMAND_MODULES = {
 }
 
 PRESETS = [
+    # Lossless default of `graphopt optimize`: GTT where it works (rolled back where it fails, e.g. on
+    # function libraries), graphopt's passes where GTT falls short (CheckNumerics, BN after depthwise /
+    # BiasAdd / V3), then Grappler for the serving CPU so TF Serving can run with runtime Grappler off.
+    # (remove_nodes(op=CheckNumerics) stands in for graphopt's strip_debug_ops until that pass is registered.)
+    ("serving", "remove_nodes(op=CheckNumerics, ignore_errors=true) remove_attribute(attribute_name=_class, ignore_errors=true) "
+                "strip_unused_nodes(ignore_errors=true) fold_constants(ignore_errors=true) fold_all_batch_norms "
+                "merge_duplicate_nodes(ignore_errors=true) grappler_optimize",
+     "Lossless: strip debug ops, GTT cleanup and folding, fold every batch norm, Grappler pre-optimized for CPU.",
+     False),
+    # Weight passes go last: Grappler would fold their Casts back into float32 constants.
+    ("serving-fp16", "serving weights_to_fp16",
+     "serving, then float32 weights stored as float16 (half the size; serve with runtime constant folding).", True),
+    ("serving-int8", "serving weights_to_int8",
+     "serving, then weights stored as int8 with per-channel scales (a quarter of the size; "
+     "serve with runtime constant folding).", True),
 ]
 
 

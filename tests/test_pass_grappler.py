@@ -175,3 +175,49 @@ def test_serving_config_texts_parse_back_as_the_protos_tf_serving_reads(tmp_path
     assert serving_config.serving_environment(onednn=True) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
     with pytest.raises(UsageError):
         serving_config.session_config_proto(runtime_optimizer="sometimes")
+
+
+def test_serving_preset_beats_gtt_and_grappler_on_a_keras_model(mobilenet):
+    model, feeds, ref = mobilenet
+    serving = Pipeline.parse("serving").run(model)
+    gtt = Pipeline.parse("gtt-seed").run(model).model
+    grappler = Pipeline.parse("grappler_optimize").run(model).model
+    out = serving.model
+    c = ops(out)
+    # every conv is a fused kernel: batch norms after depthwise convs folded too (Grappler alone leaves them)
+    assert c["Conv2D"] == c["DepthwiseConv2dNative"] == c["Mul"] == c["AddV2"] == 0
+    assert c["_FusedConv2D"] >= 30 and c["_FusedDepthwiseConv2dNative"] >= 15
+    assert ops(grappler)["DepthwiseConv2dNative"] > 0
+    assert len(out.graph_def.node) <= min(len(gtt.graph_def.node), len(grappler.graph_def.node))
+    assert out.size_bytes <= min(gtt.size_bytes, grappler.size_bytes)
+    assert not serving.lossy
+    np.testing.assert_allclose(run_model(out, feeds, config=off())["output"], ref, rtol=1e-4, atol=1e-6)
+    assert serving_config.recommended_optimizer(out) == "off"
+
+
+def test_serving_preset_on_a_tf1_graph_removes_check_numerics():
+    from models import tf1_seed_graph
+
+    model, facts = tf1_seed_graph()
+    feeds = random_inputs(model.signature)
+    ref = run_model(model, feeds)
+    out = Pipeline.parse("serving").run(model).model
+    names = {n.name for n in out.graph_def.node}
+    assert not names & set(facts["check_numerics"]) and not names & set(facts["train"])
+    assert len(out.graph_def.node) < len(model.graph_def.node)
+    for key, value in run_model(out, feeds, config=off()).items():
+        np.testing.assert_allclose(value, ref[key], rtol=1e-6)
+
+
+@pytest.mark.parametrize("preset, max_size, max_error", [("serving-fp16", 0.56, 1e-3), ("serving-int8", 0.32, 2e-2)])
+def test_lossy_presets_shrink_and_report_their_error(mobilenet, preset, max_size, max_error):
+    model, feeds, ref = mobilenet
+    result = Pipeline.parse(preset).run(model)
+    assert result.lossy and result.records[-1].name in ("weights_to_fp16", "weights_to_int8")
+    assert result.records[-1].counters["max_relative_weight_error"] > 0
+    out = result.model
+    assert out.size_bytes < max_size * model.size_bytes
+    assert ops(out)["_FusedConv2D"] >= 30  # compression came after Grappler, which did not fold it back
+    config = serving_config.session_config_proto(runtime_optimizer=serving_config.recommended_optimizer(out))
+    got = run_model(out, feeds, config=config)["output"]
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= max_error
