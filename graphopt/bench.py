@@ -519,3 +519,64 @@ def _fill_ratios(results: list[ModelBench]) -> None:
         for name in RATIO_FIELDS:
             a, b = base.value(name), res.value(name)
             res.ratios[name] = (b / a) if a and b is not None else None
+
+
+# --- against a running server -------------------------------------------------------------
+
+
+def _signature_from_metadata(meta: Mapping[str, Any], key: str, where: str) -> Any:
+    from graphopt.model import Signature, TensorSpec
+    from graphopt.serving.client import tf_dtype_name
+
+    sigs = meta.get("signatures", {})
+    if key not in sigs:
+        raise InputError(f"the server's model has no signature '{key}'", where=where,
+                         hint=f"signatures: {', '.join(sorted(sigs)) or 'none'}")
+
+    def specs(side: Mapping[str, Any]) -> dict:
+        return {k: TensorSpec(v.get("name") or k, tf_dtype_name(v["dtype"]),
+                              None if v["shape"] is None else tuple(None if d < 0 else d for d in v["shape"]))
+                for k, v in side.items()}
+
+    return Signature(inputs=specs(sigs[key]["inputs"]), outputs=specs(sigs[key]["outputs"]), key=key)
+
+
+def bench_server(targets: Sequence[tuple[str, str]], *, concurrency: int = 4, requests: int = 200,
+                 signature: str = "serving_default", samples: str | Path | None = None, batch: int = 1,
+                 dynamic: int = 32, seed: int = 0, rest: bool = False) -> list[dict[str, Any]]:
+    """Load-test each ``(HOST:PORT, MODEL[:VERSION])`` with :func:`graphopt.serving.loadtest.run_load`.
+
+    Inputs are the ``samples`` file, or generated from the signature the server
+    reports (GetModelMetadata), the same for every target when their signatures agree.
+    """
+    try:
+        from graphopt.serving.loadtest import run_load
+    except ImportError:
+        raise UsageError("load testing a server needs graphopt.serving.loadtest, which this install lacks",
+                         hint="benchmark model files instead (graphopt bench SRC ...)") from None
+    from graphopt.runtime import random_inputs
+    from graphopt.verify import load_samples
+
+    results: list[dict[str, Any]] = []
+    for server, model in targets:
+        name, _, version_text = model.partition(":")
+        version = int(version_text) if version_text.isdigit() else None
+        where = f"{server} model {model}"
+        from graphopt.serving.client import GrpcClient, RestClient
+
+        client_cls = RestClient if rest else GrpcClient
+        try:
+            with client_cls(server) as client:
+                meta = client.metadata(name, version=version)
+        except GraphoptError:
+            raise
+        except Exception as exc:  # transport errors: the target is not serving this model
+            raise InputError(f"cannot read the model's metadata: {type(exc).__name__}: {str(exc)[:200]}",
+                             where=where, hint="is the server running and the model name right?") from None
+        sig = _signature_from_metadata(meta, signature, where)
+        inputs = load_samples(samples, sig) if samples else random_inputs(sig, batch=batch, dynamic=dynamic,
+                                                                          seed=seed)
+        result = run_load(server, name, signature=signature, inputs=inputs, concurrency=concurrency,
+                          requests=requests, rest=rest, version=version)
+        results.append({**result, "server": server, "model": model})
+    return results

@@ -113,3 +113,27 @@ def test_shipped_session_config_is_used(two_models, tmp_path):
     assert runtime_config("constfold")[0].graph_options.rewrite_options.optimizers == ["constfold"]
     report = bench([str(copy)], runs=1, warmup=0, cold=False, grappler="shipped")
     assert report.models[0].grappler == "off (shipped)"
+
+
+def test_bench_against_a_served_model(cli, tmp_path):
+    """Two versions of one model served by ``graphopt serve``, load-tested side by side over gRPC."""
+    from test_serving import serve
+
+    from graphopt.serving.export import export_versioned
+
+    model = _mlp(0, 8)
+    export_versioned(model, tmp_path / "mlp", warmup=False)
+    export_versioned(model, tmp_path / "mlp", warmup=False)
+    with serve(tmp_path / "mlp", "mlp", tmp_path) as srv:
+        code, out, err = cli("bench", "--server", srv["grpc"], "--model", "mlp", "--model", "mlp:2",
+                             "--requests", "8", "--concurrency", "2", "--json")
+        assert code == 0, err
+        rows = json.loads(out)
+        assert [r["model"] for r in rows] == ["mlp", "mlp:2"]
+        for r in rows:
+            assert r["ok"] == 8 and r["errors"] == 0 and r["throughput_rps"] > 0
+            assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        code, out, err = cli("bench", "--server", srv["grpc"], "--model", "mlp", "--requests", "4")
+        assert code == 0 and "p99 ms" in out
+        code, _, err = cli("bench", "--server", srv["grpc"], "--model", "nope", "--requests", "2")
+        assert code == ExitCode.INPUT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 from graphopt.errors import UsageError
@@ -33,6 +32,7 @@ def configure(parser) -> None:
     srv.add_argument("--model", action="append", metavar="NAME[:VERSION]", help="model name (repeat to compare)")
     srv.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     srv.add_argument("--requests", type=int, default=200, help="requests per target (default 200)")
+    srv.add_argument("--rest", action="store_true", help="HOST:PORT is the REST port (default: gRPC)")
 
 
 def _grappler_flags(text: str, n: int) -> str | list[str]:
@@ -120,12 +120,8 @@ def render_report(report):
 
 
 def _run_server(args, ctx) -> int:
-    try:
-        from graphopt.serving.loadtest import run_load
-    except ImportError:
-        raise UsageError("load testing a server needs graphopt.serving.loadtest, which this install lacks",
-                         where="graphopt bench --server",
-                         hint="update graphopt, or benchmark model files instead (graphopt bench SRC ...)") from None
+    from graphopt.bench import bench_server
+
     servers = args.server or []
     models = args.model or []
     if not servers or not models:
@@ -133,56 +129,40 @@ def _run_server(args, ctx) -> int:
                          hint="repeat --server or --model to compare targets side by side")
     if args.sources:
         raise UsageError("give either model files (SRC) or --server/--model, not both", where="graphopt bench")
-    targets = [(s, mdl) for s in servers for mdl in models]
-    results = []
+    targets = [(s, m) for s in servers for m in models]
     with ctx.err.status(f"load testing {len(targets)} target(s)..."):
-        for server, model in targets:
-            results.append(_call_run_load(run_load, server, model, args))
-    rows = [_as_dict(r) for r in results]
+        rows = bench_server(targets, concurrency=args.concurrency, requests=args.requests,
+                            signature=args.signature or "serving_default", samples=args.sample, batch=args.batch,
+                            dynamic=args.dynamic, rest=args.rest)
     if args.json:
-        ctx.console.print_json(json.dumps([{"server": s, "model": m, **row} for (s, m), row in zip(targets, rows)],
-                                          default=str))
+        ctx.console.print_json(json.dumps(rows, default=str))
         return 0
-    from rich.table import Table
-
-    table = Table(title=f"graphopt bench --server: {args.requests} requests, concurrency {args.concurrency}",
-                  title_justify="left")
-    table.add_column("")
-    for server, model in targets:
-        table.add_column(f"{model}\n{server}" if len(servers) > 1 else model, justify="right")
-    first = rows[0]
-    for label, keys, unit in [("p50 ms", ("p50_ms", "p50"), "ms"), ("p90 ms", ("p90_ms", "p90"), "ms"),
-                              ("p99 ms", ("p99_ms", "p99"), "ms"),
-                              ("throughput req/s", ("throughput", "throughput_rps", "rps"), "rps"),
-                              ("errors", ("errors", "failed"), "")]:
-        cells = []
-        for row in rows:
-            v = next((row[k] for k in keys if k in row), None)
-            base = next((first[k] for k in keys if k in first), None)
-            text = "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
-            if v is not None and base and row is not first and unit:
-                text += f" ({v / base:.2f}x)"
-            cells.append(text)
-        table.add_row(label, *cells)
-    ctx.console.print(table)
+    ctx.console.print(render_server(rows, args.requests, args.concurrency, several_servers=len(servers) > 1))
     return 0
 
 
-def _as_dict(result) -> dict:
-    if hasattr(result, "to_dict"):
-        return result.to_dict()
-    if isinstance(result, dict):
-        return result
-    return dict(getattr(result, "__dict__", {}))
+def render_server(rows: list[dict], requests: int, concurrency: int, *, several_servers: bool = False):
+    """p50/p90/p99 and throughput per target, ratios against the first."""
+    from rich.table import Table
 
+    table = Table(title=f"graphopt bench --server: {requests} requests, concurrency {concurrency}",
+                  title_justify="left")
+    table.add_column("")
+    for row in rows:
+        table.add_column(f"{row['model']}\n{row['server']}" if several_servers else row["model"], justify="right")
 
-def _call_run_load(run_load, server: str, model: str, args):
-    # Pass only what run_load accepts, so this keeps working as the load tester grows options.
-    name, _, version = model.partition(":")
-    wanted = {"server": server, "target": server, "address": server, "model": name, "model_name": name,
-              "version": int(version) if version.isdigit() else None, "concurrency": args.concurrency,
-              "requests": args.requests, "signature": args.signature or "serving_default",
-              "signature_name": args.signature or "serving_default", "sample": args.sample, "samples": args.sample}
-    params = inspect.signature(run_load).parameters
-    kwargs = {k: v for k, v in wanted.items() if k in params and v is not None}
-    return run_load(**kwargs)
+    def figure(row: dict, key: str):
+        return row.get("throughput_rps") if key == "throughput" else (row.get("latency_ms") or {}).get(key)
+
+    first = rows[0]
+    for label, key in [("p50 ms", "p50"), ("p90 ms", "p90"), ("p99 ms", "p99"), ("throughput req/s", "throughput")]:
+        cells = []
+        for row in rows:
+            v, base = figure(row, key), figure(first, key)
+            text = "-" if v is None else f"{v:.2f}"
+            if v is not None and base and row is not first:
+                text += _ratio(v / base)
+            cells.append(text)
+        table.add_row(label, *cells)
+    table.add_row("ok / errors", *(f"{r.get('ok', '-')} / {r.get('errors', '-')}" for r in rows))
+    return table
