@@ -266,14 +266,18 @@ def test_large_constants_become_variables_forced_by_threshold(tmp_path):
 
 @pytest.mark.slow
 def test_graph_past_2gb_exports_with_variables_and_serves(tmp_path):
-    """A synthetic frozen graph of ~2.3 GB of constants: written, loaded and run through the variables path."""
+    """A synthetic frozen graph of 2.16 GB of constants: written, loaded and run through the variables path.
+
+    Takes about 2 minutes and 12 GB of memory at peak (the weights are copied
+    between numpy, protobuf and TensorFlow): run with ``-m slow``.
+    """
     import tensorflow as tf
     from tensorflow.core.framework import graph_pb2
 
     from graphopt.serving.export import export_versioned
     from graphopt.serving.large import PROTOBUF_LIMIT, graph_bytes
 
-    n = 190_000_000  # float32: 760 MB per constant, three of them
+    n = 180_000_000  # float32: 720 MB per constant, three of them: just past 2**31 bytes
     gd = graph_pb2.GraphDef()
     with tf.Graph().as_default() as g:
         tf.compat.v1.placeholder(tf.float32, [None], name="x")
@@ -285,7 +289,7 @@ def test_graph_past_2gb_exports_with_variables_and_serves(tmp_path):
         t.dtype = tf.float32.as_datatype_enum
         t.tensor_shape.dim.add(size=n)
         t.tensor_content = np.full(n, i + 1, np.float32).tobytes()
-    # out = x + c0[0] + c1[-1] + c2[n // 2] through ops that read the whole constant's first element only
+    # out = x + c0[0] + c1[-1] + c2[n // 2]: every weight is read, so every one must be restored
     with tf.Graph().as_default() as g2:
         x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
         cs = [tf.compat.v1.placeholder(tf.float32, [n], name=f"c{i}") for i in range(3)]
@@ -300,7 +304,7 @@ def test_graph_past_2gb_exports_with_variables_and_serves(tmp_path):
     assert (out / "saved_model.pb").stat().st_size < 10_000_000
     assert sum(f.stat().st_size for f in (out / "variables").iterdir()) > 3 * n * 4
     got = run_saved(out, {"x": np.array([0.5, 1.5], np.float32)})
-    np.testing.assert_allclose(got["out"], [6.5, 7.5])
+    np.testing.assert_allclose(got["out"], [6.5, 7.5])  # 0.5 + 1 + 2 + 3
 
 
 # --- serving round trip ------------------------------------------------------------------------------------
@@ -495,3 +499,113 @@ def test_server_replays_warmup_file_on_load(tmp_path):
         DevServer(base, port=0, rest_port=None).start()
     server = DevServer(base, port=0, rest_port=None, warmup=False).start()
     server.stop()
+
+
+def string_model() -> Model:
+    """words string [None] -> "upper" string [None] and "length" int32 [None]: the REST string/b64 codec path."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        words = tf.compat.v1.placeholder(tf.string, [None], name="words")
+        tf.strings.upper(words, name="upper")
+        tf.strings.length(words, name="length")
+    return Model(g.as_graph_def(), Signature(inputs={"words": TensorSpec("words:0", "string", (None,))},
+                                             outputs={"upper": TensorSpec("upper:0", "string", (None,)),
+                                                      "length": TensorSpec("length:0", "int32", (None,))}))
+
+
+def test_string_tensors_over_grpc_and_rest_b64(tmp_path):
+    import base64
+    import urllib.request
+
+    from graphopt.serving.client import GrpcClient, RestClient
+    from graphopt.serving.export import export_versioned
+    from graphopt.serving.server import DevServer
+
+    export_versioned(string_model(), tmp_path / "words", samples=[{"words": np.array([b"warm"], object)}])
+    words = np.array([b"hello", "é".encode(), b"\xff\x00"], dtype=object)
+    with DevServer(tmp_path / "words", port=0, rest_port=0) as server:
+        assert server.warmup_replayed == 1
+        with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client:
+            got = client.predict("words", {"words": words})
+        assert got["upper"].tolist() == [b"HELLO", "é".encode(), b"\xff\x00"]
+        assert got["length"].tolist() == [5, 2, 2]
+        got = RestClient(f"127.0.0.1:{server.rest_port}").predict("words", {"words": words}, row=True)
+        assert got["upper"].tolist() == [b"HELLO", "é".encode(), b"\xff\x00"]
+        assert got["length"].tolist() == [5, 2, 2]
+        # a hand-written REST body, as TF Serving documents it: bytes in {"b64": ...}
+        body = {"inputs": {"words": [{"b64": base64.b64encode(b"\xfe").decode()}, "ab"]}}
+        req = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}/v1/models/words:predict",
+                                     data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            out = json.loads(resp.read())["outputs"]
+        assert out["length"] == [1, 2] and out["upper"] == [{"b64": base64.b64encode(b"\xfe").decode()}, "AB"]
+
+
+def test_serve_command_errors(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("serve", tmp_path / "empty", "--port", "0", "--rest-port", "0")
+    assert code == 3 and "no version to serve" in err
+    from graphopt.serving.export import export_versioned
+
+    export_versioned(dense_model(), tmp_path / "m", warmup=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = cli("serve", tmp_path / "m", "--port", "0", "--rest-port", busy.getsockname()[1])
+    assert code == 6 and "REST port" in err
+
+
+# --- the demo detector (graphopt/demo): the seed's model, exported and called with the seed's client -------
+
+
+@pytest.fixture(scope="module")
+def demo_base(tmp_path_factory):
+    """BASE/1: the seed's as-is SavedModel of the demo detector; BASE/2: graphopt's export of it (with warm-up)."""
+    demo = pytest.importorskip("graphopt.demo.workflow")
+    from graphopt.demo.detector import build_module
+
+    import graphopt
+    from graphopt.serving.export import export_versioned
+
+    tmp = tmp_path_factory.mktemp("demo")
+    module = build_module(tmp / "module", alpha=0.35, image_size=96)
+    graph, sess, inputs, outputs = demo.wrap_module(module)
+    try:
+        frozen = demo.freeze_in_place(sess, graph)
+    finally:
+        sess.close()
+    base = tmp / "detector"
+    demo.save_as_is(frozen, inputs, outputs, base / "1")
+    model = graphopt.load(str(base / "1"))
+    image = demo.sample_image((1, 120, 160, 3))
+    exported = export_versioned(model, base, samples=[{"inputs": image}])
+    assert exported.name == "2"
+    return {"base": base, "image": image, "reference": demo.predict(base / "1", image), "tmp": tmp}
+
+
+def test_seed_client_code_against_demo_detector(demo_base):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from graphopt.serving.warmup import read_warmup
+
+    assert len(read_warmup(demo_base["base"] / "2")) == 1
+    image = demo_base["image"]
+    with serve(demo_base["base"], "ssd_mobilenet_v2", demo_base["tmp"]) as ends:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "ssd_mobilenet_v2"
+        request.model_spec.signature_name = "serving_default"
+        request.inputs["inputs"].CopyFrom(tf.make_tensor_proto(image, dtype=tf.uint8))
+        with grpc.insecure_channel(ends["grpc"]) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            response = stub.Predict(request, 60.0)
+    assert response.model_spec.version.value == 2
+    reference = demo_base["reference"]
+    assert set(response.outputs) == set(reference) == {"detection_boxes", "detection_classes", "detection_scores"}
+    for key, want in reference.items():
+        got = tf.make_ndarray(response.outputs[key])
+        assert got.shape == want.shape and got.shape[0] == 1
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -31,6 +31,8 @@ def _encode_value(value: Any) -> Any:
 
 def encode(array: Any) -> Any:
     """A numpy array (or scalar) as JSON-ready nested lists; undecodable bytes as ``{"b64": ...}``."""
+    if isinstance(array, (bytes, str)):  # np.asarray would make it fixed-width and drop trailing NUL bytes
+        return _encode_value(array)
     return _encode_value(np.asarray(array).tolist())
 
 
@@ -125,8 +127,8 @@ def predict_response(outputs: Mapping[str, Any], *, row: bool) -> dict:
 def parse_predict_response(body: Mapping[str, Any], output_keys: list[str] | None = None) -> dict[str, np.ndarray]:
     """Outputs by key from a response body (a bare single output is named by ``output_keys[0]`` or ``"output"``)."""
     def arr(v: Any) -> np.ndarray:
-        a = np.asarray(_decode_strings(v) if _has_strings(v) else v)
-        return a.astype(object) if a.dtype.kind in "SU" else a
+        # object arrays for strings: numpy's fixed-width bytes would drop trailing NUL bytes
+        return np.array(_decode_strings(v), dtype=object) if _has_strings(v) else np.asarray(v)
 
     if "outputs" in body:
         value = body["outputs"]
