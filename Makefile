@@ -11,7 +11,7 @@ PLUGINS = $(wildcard plugins/*/pyproject.toml)
 $(BIN)/graphopt: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -e plugins/graphopt-snapshots -e plugins/graphopt-strip-metadata
 	touch $@
 
 setup: $(BIN)/graphopt

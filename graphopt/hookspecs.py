@@ -4,6 +4,8 @@ Registration hooks receive a ``register`` callback, so a plugin says what it
 adds in one call per thing. Run hooks see the pipeline and each pass as they
 run; they observe, they may raise to stop the run, and ``graphopt_run_pass``
 may be wrapped (``@hookimpl(wrapper=True)``) to change what a pass does.
+Plugins are found through the ``graphopt`` entry-point group. docs/hooks.md is
+the reference with examples.
 Built-in passes, presets and commands are registered through these same hooks
 (``graphopt/builtin.py``).
 """
@@ -28,14 +30,24 @@ hookimpl = pluggy.HookimplMarker("graphopt")
 
 @hookspec
 def register_passes(register: Callable[[type["Pass"]], None]) -> None:
-    """Register pass classes: call ``register(PassClass)`` for each. Names must be unique."""
+    """Register pass classes: call ``register(PassClass)`` once for each.
+
+    Runs once when the plugin host starts (every CLI call, every ``Host.create()``),
+    before anything is parsed. ``PassClass`` is a :class:`~graphopt.Pass` subclass
+    or a ``@function_pass`` function. Names must be unique across native,
+    built-in and plugin passes and presets; a clash, or this hook raising, drops
+    the whole plugin (recorded in ``graphopt plugins``) and the others still load.
+    """
 
 
 @hookspec
 def register_presets(register: Callable[..., None]) -> None:
     """Register named pipelines: ``register(name, transforms, description, lossy=False)``.
 
-    ``transforms`` is a transform string; presets are usable wherever a pass name is.
+    Runs once at start-up, after ``register_passes``. ``transforms`` is a
+    transform string (checked for syntax here, for pass names when used);
+    presets are usable wherever a pass name is, and may name other presets.
+    ``lossy=True`` marks a preset whose outputs differ on purpose (fp16, int8).
     """
 
 
@@ -43,9 +55,11 @@ def register_presets(register: Callable[..., None]) -> None:
 def register_commands(register: Callable[..., None]) -> None:
     """Register CLI sub-commands: ``register(name, help, configure, run)``.
 
+    Runs once when ``graphopt`` starts, before its arguments are parsed.
     ``configure(parser)`` adds arguments to an ``argparse`` sub-parser;
     ``run(args, ctx) -> int`` does the work and returns an exit code. Only CLI
-    code prints; ``ctx.console`` is the stdout console.
+    code prints; ``ctx.console`` is the stdout console, ``ctx.err`` stderr,
+    ``ctx.host`` the plugin host. Keep module imports light: ``--help`` must stay instant.
     """
 
 
@@ -54,12 +68,23 @@ def register_commands(register: Callable[..., None]) -> None:
 
 @hookspec
 def graphopt_pipeline_start(pipeline: "Pipeline", model: "Model", context: "RunContext") -> None:
-    """Called once before the first pass runs. Raising stops the run before anything changed."""
+    """Called once per ``Pipeline.run``, before the first pass, with the input model.
+
+    May read; must not modify ``model`` (it is the caller's). ``context.state`` is
+    a dict this run's hooks share (e.g. a folder name, a timer). Raising stops
+    the run before any pass ran: the error becomes a ``PluginError`` naming the plugin.
+    """
 
 
 @hookspec
 def graphopt_pipeline_finish(pipeline: "Pipeline", result: "PipelineResult", context: "RunContext") -> None:
-    """Called once after the last pass, with the final model and the per-pass records."""
+    """Called once after the last pass succeeded or was rolled back, before ``run`` returns.
+
+    ``result.model`` is the final model, ``result.records`` one ``PassRecord`` per
+    pass run, ``result.notes`` remarks such as a repeat group that hit its bound.
+    May add to ``result.notes``; should not replace the model (use a pass for that).
+    Not called when a pass failure stopped the run (see ``graphopt_pass_failed``).
+    """
 
 
 # --- each pass ----------------------------------------------------------------------
@@ -67,29 +92,47 @@ def graphopt_pipeline_finish(pipeline: "Pipeline", result: "PipelineResult", con
 
 @hookspec
 def graphopt_pass_start(pass_: "Pass", model: "Model", context: "RunContext") -> None:
-    """Called before each pass with the graph it will receive (do not modify it)."""
+    """Called before each pass (each iteration of a repeat group too) with the model it receives.
+
+    Observe only: the model is shared with the previous pass's result. Raising
+    stops the run (``PluginError`` naming the plugin).
+    """
 
 
 @hookspec(firstresult=True)
 def graphopt_run_pass(pass_: "Pass", model: "Model", context: "RunContext") -> "PassResult | None":
-    """Run one pass and return its result. The default implementation calls ``pass_.run(model)``.
+    """Run one pass on ``model`` (a private copy) and return its ``PassResult``.
 
-    Wrap it with ``@hookimpl(wrapper=True)`` to time, check or replace what a pass
-    does: ``result = yield`` gives the result, or raises the pass's exception.
+    The default implementation (``graphopt.builtin``, ``trylast``) calls
+    ``pass_.run(model)``. Wrap it with ``@hookimpl(wrapper=True)`` to time,
+    check or replace what a pass does: ``result = yield`` gives the result (or
+    raises the pass's exception, which the wrapper may catch or re-raise); the
+    wrapper returns the result to use, and may add counters or notes to it. A
+    non-wrapper implementation returning a ``PassResult`` replaces the pass.
+    Whatever comes out is validated like any pass's output; an exception
+    counts as the pass failing.
     """
 
 
 @hookspec
 def graphopt_pass_finish(pass_: "Pass", before: "Model", result: "PassResult", context: "RunContext") -> None:
-    """Called after each pass that succeeded and whose graph passed validation."""
+    """Called after each pass that succeeded and whose graph passed validation.
+
+    ``before`` is the model the pass received, ``result.model`` the model after it
+    (``result.modified`` says whether it changed), ``context.records[-1]`` the
+    record with timing, sizes and op deltas. Observe only; raising stops the run.
+    """
 
 
 @hookspec
 def graphopt_pass_failed(pass_: "Pass", model: "Model", error: BaseException, context: "RunContext",
                          rolled_back: bool) -> None:
-    """Called when a pass raised or returned an invalid graph.
+    """Called when a pass raised or returned a graph that failed validation.
 
+    ``model`` is the model the pass was given (what the run continues with if it
+    goes on), ``error`` the ``PassError`` naming the pass and its origin.
     ``rolled_back`` is true when the run goes on without the pass's change
-    (``ignore_errors`` / ``--keep-going``); otherwise the run stops after this hook.
+    (``ignore_errors`` / ``--keep-going``); otherwise the ``PassError`` is raised
+    right after this hook and nothing is written. Observe only.
     """
 

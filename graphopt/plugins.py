@@ -202,6 +202,8 @@ def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None =
         matched |= keys
         if pm.has_plugin(name):
             first = pm.origin_of(name)
+            if dist_name is None and pm.get_plugin(name) is load():  # an extra that is also installed
+                continue
             if first.distribution == dist_name:  # the same distribution seen twice on sys.path
                 continue
             pm.failures.append(PluginFailure(name, dist_name, version,

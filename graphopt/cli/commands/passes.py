@@ -1,4 +1,4 @@
-"""``graphopt passes``: every pass and preset with its origin and description."""
+"""``graphopt passes``: every pass and preset with its origin and description; one in detail with NAME."""
 
 from __future__ import annotations
 
@@ -8,10 +8,18 @@ HELP = "list every pass and preset: native GTT, built-in and from plugins"
 
 
 def configure(parser) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="show one pass or preset in detail (its options)")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _origin_text(origin: dict) -> str:
+    if origin["kind"] != "plugin":
+        return origin["kind"]
+    return f"{origin['distribution'] or origin['plugin']} {origin['version'] or ''}".strip()
+
+
 def listing(host) -> list[dict]:
+    """One dict per pass and preset: name, kind, origin (kind/plugin/distribution/version), description..."""
     reg = host.registry
     rows = []
     for name, info in sorted(reg.passes.items()):
@@ -26,24 +34,57 @@ def listing(host) -> list[dict]:
     return rows
 
 
+def _detail(ctx, row: dict) -> None:
+    from rich.table import Table
+
+    console = ctx.console
+    console.print(f"[bold]{row['name']}[/] ({row['kind']}, from {_origin_text(row['origin'])})"
+                  + (" [yellow]lossy[/]" if row["lossy"] else ""), highlight=False)
+    console.print(row["description"], highlight=False, markup=False)
+    if row["kind"] == "preset":
+        console.print(f"transforms: {row['transforms']}", highlight=False, markup=False, soft_wrap=True)
+        return
+    table = Table(title_justify="left", show_edge=False)
+    for col in ("option", "type", "default", "help"):
+        table.add_column(col, no_wrap=col != "help")
+    for key, opt in row["options"].items():
+        default = "[red]required[/]" if opt["required"] else ("-" if opt["default"] in (None, []) else
+                                                           json.dumps(opt["default"]))
+        table.add_row(key, opt["type"], default, opt["help"])
+    table.add_row("ignore_errors", "bool", "false", "on failure, roll this pass back and go on")
+    console.print(table)
+
+
 def run(args, ctx) -> int:
+    from graphopt.errors import UsageError
+
     rows = listing(ctx.host)
+    if args.name:
+        match = [r for r in rows if r["name"] == args.name]
+        if not match:
+            raise UsageError(f"no pass or preset called '{args.name}'", where="passes",
+                             hint=ctx.host.registry.suggest(args.name))
+        rows = match
     if args.json:
-        ctx.console.print_json(json.dumps(rows))
+        ctx.console.print_json(json.dumps(rows[0] if args.name else rows, default=str))
+        return 0
+    if args.name:
+        _detail(ctx, rows[0])
         return 0
     from rich.table import Table
 
-    table = Table(title="graphopt passes and presets", title_justify="left")
-    table.add_column("name", style="bold")
-    table.add_column("kind")
-    table.add_column("origin")
-    table.add_column("description")
-    for row in rows:
-        o = row["origin"]
-        origin = o["kind"] if o["kind"] != "plugin" else f"{o['distribution'] or o['plugin']} {o['version'] or ''}"
-        desc = row["description"] + (" [lossy]" if row["lossy"] else "")
-        if row["kind"] == "preset":
-            desc += f"\n[dim]{row['transforms']}[/]"
-        table.add_row(row["name"], row["kind"], origin, desc)
-    ctx.console.print(table)
+    for kind, title in (("pass", "passes"), ("preset", "presets")):
+        table = Table(title=f"graphopt {title}", title_justify="left", expand=False)
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("origin", no_wrap=True)
+        table.add_column("description", ratio=1)
+        for row in rows:
+            if row["kind"] != kind:
+                continue
+            desc = row["description"] + (" [yellow](lossy)[/]" if row["lossy"] else "")
+            if kind == "preset":
+                desc += f"\n[dim]{row['transforms']}[/]"
+            table.add_row(row["name"], _origin_text(row["origin"]), desc)
+        ctx.console.print(table)
+    ctx.console.print("[dim]graphopt passes NAME shows a pass's options[/]")
     return 0

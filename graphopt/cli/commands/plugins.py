@@ -1,10 +1,10 @@
-"""``graphopt plugins``: loaded plugins, the hooks each implements, and those that failed."""
+"""``graphopt plugins``: loaded plugins, the hooks each implements, and those that failed to load."""
 
 from __future__ import annotations
 
 import json
 
-from graphopt.plugins import plugin_summaries
+from graphopt.plugins import ENTRY_POINT_GROUP, ENV_ALLOW, ENV_NO_PLUGINS, plugin_summaries
 
 HELP = "list loaded plugins and the hooks they implement"
 
@@ -15,19 +15,24 @@ def configure(parser) -> None:
 
 def run(args, ctx) -> int:
     rows = plugin_summaries(ctx.host.pm)
-    failed = [f.__dict__ for f in ctx.host.registry.failures]
+    failed = [dict(f.__dict__) for f in ctx.host.registry.failures]
     if args.json:
         ctx.console.print_json(json.dumps({"plugins": rows, "failed": failed}))
         return 0
     from rich.table import Table
 
     table = Table(title="graphopt plugins", title_justify="left")
-    for col in ("name", "kind", "distribution", "hooks"):
-        table.add_column(col)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("hooks", ratio=1)
     for r in rows:
-        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "-"
-        table.add_row(r["name"], r["kind"], dist, ", ".join(r["hooks"]))
+        source = f"{r['distribution']} {r['version'] or ''}".strip() if r["distribution"] else r["kind"]
+        table.add_row(r["name"], source, "\n".join(r["hooks"]))
     for f in failed:
-        table.add_row(f["plugin"], "[red]failed[/]", f"{f['distribution'] or '-'} {f['version'] or ''}", f["error"])
+        source = f"{f['distribution']} {f['version'] or ''}".strip() if f["distribution"] else "?"
+        table.add_row(f["plugin"], source, f"[red]failed:[/] {f['error']}")
     ctx.console.print(table)
+    if not any(r["kind"] == "plugin" for r in rows):
+        ctx.console.print(f"[dim]no third-party plugins loaded: install one (entry-point group "
+                          f"'{ENTRY_POINT_GROUP}'), or check --no-plugins / {ENV_NO_PLUGINS} / {ENV_ALLOW}[/]")
     return 0
