@@ -42,7 +42,7 @@ def test_default_transforms_and_format_from_extension(model_path, tmp_path, cli)
     out = tmp_path / "model.pb"
     code, _, err = cli("optimize", src, "-o", out, "--outputs", "prob")
     assert code == 0, err
-    assert "merge_duplicate_nodes" in err  # default preset: gtt-seed (no 'serving' preset registered here)
+    assert "merge_duplicate_nodes" in err  # in both defaults: preset serving, else gtt-seed
     optimized = load(out, inputs=["input"], outputs=["prob"])
     assert out.is_file() and optimized.format == "pb"
     _same_outputs(load(src, outputs=["prob"]), optimized)
@@ -115,3 +115,16 @@ def test_error_paths_exit_nonzero_with_one_paragraph(case, tmp_path, model_path,
         assert not output.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_string_lookup_model_still_answers_after_optimize(model_path, tmp_path, cli):
+    import tensorflow as tf
+
+    src = model_path("string_lookup", models.string_lookup_saved_model)
+    data = np.load(str(src) + ".expected.npz", allow_pickle=True)
+    out = tmp_path / "opt"
+    code, _, err = cli("optimize", src, "-o", out, "--transforms", "gtt-seed")
+    assert code == 0, err
+    served = tf.saved_model.load(str(out), tags=["serve"]).signatures["serving_default"]
+    got = served(words=tf.constant(data["words"].astype(object)))["output_0"].numpy()
+    np.testing.assert_allclose(got, data["expected"], rtol=1e-5, atol=1e-6)
