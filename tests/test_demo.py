@@ -171,6 +171,20 @@ def test_optimized_saved_model_keeps_the_seed_signature(demo):
     np.testing.assert_allclose(a["detection_boxes"], b["detection_boxes"], atol=1e-5)
 
 
+def test_other_pipelines_are_reported_beside_the_seed(demo):
+    by_name = {o.pipeline: o for o in demo.optimizations}
+    # GTT README's deployment list has no remove_attribute(_class): removing the CheckNumerics that the box
+    # decoder is colocated with leaves `_class: loc:@module/CheckNumerics` dangling, and graphopt refuses the
+    # graph with a PassError naming the pass, instead of saving a SavedModel TensorFlow cannot import.
+    deploy = by_name["gtt-deploy"]
+    assert deploy.error and "remove_nodes" in deploy.error and "colocated" in deploy.error
+    assert not deploy.path and demo.seed.error is None
+    if "serving" in by_name:  # graphopt's own preset, when registered
+        serving = by_name["serving"]
+        assert serving.error is None and serving.classes_equal and serving.max_diff < 1e-4
+        assert serving.saved_model_bytes < 0.6 * demo.as_is_saved_model_bytes
+
+
 def test_workdir_that_holds_a_run_is_refused(demo, cli):
     from pathlib import Path
 
@@ -185,4 +199,4 @@ def test_demo_command(cli):
     code, out, err = cli("demo")
     assert code == 0, err
     assert "saved_model.pb" in out and "gtt-seed" in out and "largest output difference" in out
-    assert "fold_old_batch_norms" in out and "122 MB -> 58 MB" in out
+    assert "fold_old_batch_norms" in out and "122 MB -> 58 MB" in out and "classes equal" in out

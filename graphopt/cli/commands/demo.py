@@ -10,6 +10,7 @@ from pathlib import Path
 HELP = "replay the seed workflow offline: build an SSD/MobileNetV2 TF1 Hub module, wrap, save, optimize, compare"
 
 SEED_BEFORE_MB, SEED_AFTER_MB = 122, 58  # the post's saved_model.pb sizes
+MAX_DIFF = 1e-4  # float rounding of folded batch norms; anything above means the graph changed meaning
 
 
 def configure(parser) -> None:
@@ -22,6 +23,7 @@ def run(args, ctx) -> int:
     from rich.markup import escape
 
     from graphopt import transform_spec
+    from graphopt.errors import VerificationError
     from graphopt.demo.workflow import SEED_TRANSFORMS, run_workflow
 
     own_dir = args.workdir is None
@@ -37,7 +39,8 @@ def run(args, ctx) -> int:
         out.print()
 
     def progress(step) -> None:
-        out.print(f"  [green]✓[/] {escape(step.name):<20} {escape(step.detail)} [dim]({step.seconds:.1f}s)[/]",
+        mark = "[green]✓[/]" if step.ok else "[red]✗[/]"
+        out.print(f"  {mark} {escape(step.name):<24} {escape(step.detail)} [dim]({step.seconds:.1f}s)[/]",
                   highlight=False, soft_wrap=True)
 
     try:
@@ -51,6 +54,13 @@ def run(args, ctx) -> int:
     _render(ctx.console, result)
     if own_dir and args.keep or not own_dir:
         ctx.console.print(f"\nkept: {workdir} (module/, models/1 as-is, models/2.. optimized)", highlight=False)
+    seed = result.seed
+    if seed.max_diff > MAX_DIFF or not seed.classes_equal:
+        # the seed's list is lossless: a real difference means a transform broke the graph
+        raise VerificationError(f"the optimized detector answers differently (largest difference {seed.max_diff:.3g}, "
+                                f"classes {'equal' if seed.classes_equal else 'differ'})",
+                                where=f"pipeline {seed.pipeline}", hint="rerun with --workdir DIR and compare "
+                                "DIR/models/1 and DIR/models/2 with graphopt diff")
     return 0
 
 
@@ -59,50 +69,52 @@ def _mb(n: int) -> str:
 
 
 def _render(console, result) -> None:
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="\nas-is vs optimized (saved_model.pb as TF Serving loads it)", title_justify="left")
-    table.add_column("")
-    table.add_column("as-is (models/1)", justify="right")
-    for opt in result.optimizations:
-        table.add_column(f"{opt.pipeline} ({Path(opt.path).name and 'models/' + Path(opt.path).name})",
-                         justify="right")
+    table = Table(title="\nas-is vs optimized (saved_model.pb as TF Serving loads it)", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    table.add_column("as-is\nmodels/1", justify="right")
+    opts = result.optimizations
+    for o in opts:
+        table.add_column(o.pipeline + ("\nmodels/" + Path(o.path).name if o.path else "\nfailed"), justify="right")
     base = result.as_is_saved_model_bytes
-    ok = [o for o in result.optimizations if not o.error]
-    table.add_row("saved_model.pb", _mb(base),
-                  *[f"{_mb(o.saved_model_bytes)} ({o.saved_model_bytes / base:.2f}x)" if not o.error else "failed"
-                    for o in result.optimizations])
-    table.add_row("variables/ files", str(result.as_is_variables_files), *[str(o.variables_files) if not o.error else "-" for o in result.optimizations])
-    table.add_row("nodes", f"{result.as_is_nodes} ({result.loaded_nodes} after load)",
-                  *[str(o.nodes) if not o.error else "-" for o in result.optimizations])
+
+    def cells(fn) -> list[str]:
+        return [fn(o) if not o.error else "-" for o in opts]
+
+    table.add_row("saved_model.pb", _mb(base), *cells(lambda o: _mb(o.saved_model_bytes)))
+    table.add_row("  ratio", "1.00x", *cells(lambda o: f"{o.saved_model_bytes / base:.2f}x"))
+    table.add_row("variables/ files", str(result.as_is_variables_files), *cells(lambda o: str(o.variables_files)))
+    table.add_row("nodes", str(result.as_is_nodes), *cells(lambda o: str(o.nodes)))
     for op in ("FusedBatchNorm", "Identity", "CheckNumerics", "Const", "Enter", "Exit", "NonMaxSuppressionV3"):
-        table.add_row(op, str(result.as_is_ops[op]),
-                      *[str(o.ops.get(op, 0)) if not o.error else "-" for o in result.optimizations])
-    table.add_row("largest |difference|", "-",
-                  *[f"{o.max_diff:.3g}" if not o.error else "-" for o in result.optimizations])
-    table.add_row("classes equal", "-",
-                  *[("yes" if o.classes_equal else "[red]NO[/]") if not o.error else "-" for o in result.optimizations])
-    table.add_row("optimize time", "-", *[f"{o.seconds:.2f}s" for o in result.optimizations])
+        table.add_row(op, str(result.as_is_ops[op]), *cells(lambda o, op=op: str(o.ops.get(op, 0))))
+    table.add_row("max |difference|", "-", *cells(lambda o: f"{o.max_diff:.2g}"))
+    table.add_row("classes equal", "-", *cells(lambda o: "yes" if o.classes_equal else "[red]NO[/]"))
+    table.add_row("optimize time", "-", *[f"{o.seconds:.2f}s" for o in opts])
     console.print(table)
+    console.print(f"graphopt.load froze models/1 to the {result.loaded_nodes} nodes its signature needs "
+                  f"(of {result.as_is_nodes}: the training branch goes there, before strip_unused_nodes).",
+                  highlight=False, soft_wrap=True)
 
     seed = result.seed
-    passes = Table(title=f"\n{seed.pipeline}: one line per transform (after graphopt.load)", title_justify="left")
-    for col in ("pass", "status", "nodes", "graph bytes", "time", "ops changed"):
-        passes.add_column(col, justify="right" if col in ("nodes", "graph bytes", "time") else "left",
-                          no_wrap=col != "ops changed")
+    console.print(f"\n[bold]{seed.pipeline}[/], one line per transform:", highlight=False)
     for r in seed.records:
         delta = ", ".join(f"{op} {d:+d}" for op, d in sorted(r["ops_delta"].items(), key=lambda kv: kv[1])[:3])
-        passes.add_row(r["name"], r["status"], f"{r['nodes_before']}->{r['nodes_after']}", f"{r['size_after']:,}",
-                       f"{r['seconds']:.2f}s", delta)
-    console.print(passes)
-    for o in result.optimizations:
+        console.print(f"  {r['name']:<22} {r['status']:<9} {r['nodes_before']:>4} -> {r['nodes_after']:<4} nodes "
+                      f"{r['size_after'] / 1e6:6.2f} MB {r['seconds']:5.2f}s  [dim]{delta}[/]",
+                      highlight=False, soft_wrap=True)
+    for o in opts:
         if o.error:
-            console.print(f"[yellow]{o.pipeline} failed:[/] {o.error}", highlight=False)
-    if ok:
-        console.print(f"\nsaved_model.pb: {_mb(base)} -> {_mb(seed.saved_model_bytes)} "
-                      f"({seed.saved_model_bytes / base:.2f}x) with the seed's list; "
-                      f"the post: {SEED_BEFORE_MB} MB -> {SEED_AFTER_MB} MB ({SEED_AFTER_MB / SEED_BEFORE_MB:.2f}x)",
-                      highlight=False, soft_wrap=True)
-        console.print(f"largest output difference on the same {'x'.join(map(str, result.image_shape))} image: "
-                      f"{seed.max_diff:.3g} (classes {'equal' if seed.classes_equal else 'DIFFER'})",
-                      highlight=False, soft_wrap=True)
+            why = " (it has no remove_attribute(attribute_name=_class))" if o.pipeline == "gtt-deploy" else ""
+            console.print(f"\n[yellow]{o.pipeline} failed{why}:[/] {escape(o.error)}", highlight=False,
+                          soft_wrap=True)
+    console.print(f"\nsaved_model.pb: {_mb(base)} -> {_mb(seed.saved_model_bytes)} "
+                  f"({seed.saved_model_bytes / base:.2f}x) with the seed's list; "
+                  f"the post: {SEED_BEFORE_MB} MB -> {SEED_AFTER_MB} MB ({SEED_AFTER_MB / SEED_BEFORE_MB:.2f}x)",
+                  highlight=False, soft_wrap=True)
+    console.print(f"largest output difference on the same {'x'.join(map(str, result.image_shape))} image: "
+                  f"{seed.max_diff:.3g} (classes {'equal' if seed.classes_equal else 'DIFFER'})",
+                  highlight=False, soft_wrap=True)
