@@ -12,6 +12,7 @@ import importlib
 from graphopt.hookspecs import hookimpl
 
 PASS_MODULES = [
+    "graphopt.passes.batch_norm",
     "graphopt.passes.precision",
     "graphopt.passes.grappler",
 ]
