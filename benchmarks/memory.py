@@ -1,0 +1,64 @@
+"""Issue 7 item 6: peak memory of ``graphopt optimize`` on a model, against TensorFlow's own baseline.
+
+Each figure is the peak RSS of one fresh process, read with
+``getrusage(RUSAGE_CHILDREN)`` by a small parent that runs only that process:
+
+* ``tf_import``: a process that only imports TensorFlow;
+* ``tf_load``: a process that imports TensorFlow and loads the model with
+  ``tf.saved_model.load`` (TensorFlow's own baseline for holding this model);
+* ``optimize``: ``graphopt optimize SRC -o OUT`` with the default preset and
+  verification, as a user runs it.
+
+The figure that matters is ``optimize - tf_load`` divided by the model's size
+(its frozen weights on disk); the target is under 3x.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_PARENT = ("import json, resource, subprocess, sys, time; cmd = json.loads(sys.argv[1]); t = time.perf_counter(); "
+           "p = subprocess.run(cmd, capture_output=True, text=True); "
+           "print(json.dumps({'rc': p.returncode, 'seconds': time.perf_counter() - t, "
+           "'peak_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'stderr': p.stderr[-2000:]}))")
+
+
+def peak_rss(cmd: list[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``cmd`` in a fresh process and return its exit code, wall seconds and peak RSS in bytes."""
+    import os
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", _PARENT, json.dumps(cmd)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"rc": data["rc"], "seconds": data["seconds"], "peak_bytes": data["peak_kib"] * 1024,
+            "stderr_tail": data["stderr"].strip().splitlines()[-3:] if data["rc"] else []}
+
+
+def optimize_memory(src: Path, model_bytes: int, *, transforms: str | None = None) -> dict[str, Any]:
+    """Peak RSS of TF alone, TF + the model, and ``graphopt optimize``; the overhead as a multiple of the model."""
+    py = sys.executable
+    out = Path(tempfile.mkdtemp(prefix="graphopt-mem-")) / "out"
+    cmd = [py, "-m", "graphopt", "optimize", str(src), "-o", str(out)]
+    if transforms:
+        cmd += ["--transforms", transforms]
+    t0 = time.time()
+    try:
+        tf_import = peak_rss([py, "-c", "import tensorflow"])
+        tf_load = peak_rss([py, "-c", f"import tensorflow as tf; tf.saved_model.load({str(src)!r})"])
+        optimize = peak_rss(cmd)
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    over = optimize["peak_bytes"] - tf_load["peak_bytes"]
+    return {"source": str(src), "command": " ".join(["graphopt", *cmd[3:5], "-o", "OUT", *cmd[7:]]),
+            "model_bytes": model_bytes, "tf_import": tf_import, "tf_load": tf_load, "optimize": optimize,
+            "over_baseline_bytes": over, "over_baseline_x_model": over / model_bytes if model_bytes else None,
+            "limit_x_model": 3.0, "met": optimize["rc"] == 0 and over < 3 * model_bytes,
+            "seconds": time.time() - t0}
