@@ -291,3 +291,38 @@ def test_records_carry_sizes_ops_and_counters(host, model):
     assert rec.nodes_after == rec.nodes_before - 1 and rec.ops_delta == {"Identity": -1}
     assert rec.size_after < rec.size_before
     assert result.to_dict()["passes"][0]["name"] == "test_drop_one_identity"
+
+
+# --- the docs' examples are real code --------------------------------------------------------------------------
+
+
+def _python_blocks(doc: str) -> list[str]:
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / doc).read_text()
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
+
+
+def test_the_examples_in_docs_run():
+    namespace: dict = {}
+    for block in _python_blocks("writing-a-pass.md"):  # the last block defines and calls the test
+        exec(compile(block, "docs/writing-a-pass.md", "exec"), namespace)
+    assert namespace["ZeroTinyWeights"].name == "zero_tiny_weights"
+
+
+def test_the_plugin_in_the_docs_is_the_real_one_and_under_30_lines():
+    from tests.conftest import ROOT
+
+    shown = _python_blocks("writing-a-plugin.md")[0]
+    real = (ROOT / "plugins" / "graphopt-snapshots" / "graphopt_snapshots.py").read_text()
+    assert shown == real and len(real.splitlines()) < 30
+
+
+def test_the_wrapper_example_in_the_hook_reference(model):
+    import types
+
+    plugin = types.ModuleType("timing_plugin")
+    exec(compile(_python_blocks("hooks.md")[0], "docs/hooks.md", "exec"), plugin.__dict__)
+    host = Host.create(plugins=True, allow=["timing"], extra=[("timing", plugin)])
+    result = Pipeline.parse("fold_constants remove_nodes(op=CheckNumerics)", host=host).run(model)
+    assert all("cpu_seconds" in r.counters for r in result.records)
