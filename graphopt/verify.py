@@ -293,6 +293,18 @@ class VerificationReport:
         raise VerificationError(f"{len(failing)} of {len(self.outputs)} outputs differ from the original beyond "
                                 "tolerance", where="verification", hint=hint, details=details)
 
+    def lines(self) -> list[str]:
+        """Plain-text summary, one line per output, for the CLI to print (worst first)."""
+        head = (f"verification {'passed' if self.passed else 'FAILED'}: {len(self.outputs)} outputs, inputs "
+                f"{self.input_source}; tolerance atol {self.tolerance.atol:g} + rtol {self.tolerance.rtol:g} x "
+                f"max|original| ({self.tolerance.source})")
+        body = []
+        for o in self.worst(len(self.outputs)):
+            status = "ok" if o.passed else "FAIL"
+            body.append(f"  {status:4} {_describe(o)}" if (o.problem or o.exact or not o.passed) else
+                        f"  {status:4} {o.key}: max abs {o.max_abs:.3g}, rel {o.max_rel:.3g}")
+        return [head, *body]
+
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "max_abs": self.max_abs, "max_rel": self.max_rel,
                 "tolerance": self.tolerance.to_dict(), "input_source": self.input_source, "inputs": self.inputs,

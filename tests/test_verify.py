@@ -231,3 +231,10 @@ def test_optimized_model_that_cannot_run_is_a_verification_error(dense):
     broken = broken.with_graph(g.as_graph_def())
     with pytest.raises(VerificationError, match="failed to run"):
         verify(dense, broken)
+
+
+def test_report_lines_name_every_output(dense):
+    report = verify(dense, _perturb(dense, "b", 1.0))
+    lines = report.lines()
+    assert lines[0].startswith("verification FAILED") and "lossless default" in lines[0]
+    assert lines[1].strip().startswith("FAIL y: max abs")
