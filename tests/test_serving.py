@@ -134,8 +134,8 @@ def test_export_refuses_existing_version_unless_forced(tmp_path):
     x = np.ones((1, 8), np.float32)
     from graphopt.runtime import run_model
 
-    np.testing.assert_allclose(run_saved(replaced, {"x": x})["probs"], run_model(dense_model(seed=5), {"x": x})["probs"],
-                               rtol=1e-6)
+    want = run_model(dense_model(seed=5), {"x": x})["probs"]
+    np.testing.assert_allclose(run_saved(replaced, {"x": x})["probs"], want, rtol=1e-6)
 
 
 def test_export_keeps_assets(tmp_path):
@@ -262,6 +262,36 @@ def test_large_constants_become_variables_forced_by_threshold(tmp_path):
     small = export_versioned(model, tmp_path / "small")
     sm = saved_model_pb2.SavedModel.FromString((small / "saved_model.pb").read_bytes())
     assert {n.name: n.op for n in sm.meta_graphs[0].graph_def.node}["w"] == "Const"
+
+
+def test_variables_path_keeps_table_init_ops(tmp_path):
+    """A lookup table whose keys and values became variables is still initialised at load (main op after restore)."""
+    import tensorflow as tf
+
+    from graphopt.runtime import run_model
+    from graphopt.serving.export import export_versioned
+
+    g = tf.Graph()
+    with g.as_default():
+        keys = tf.constant([f"word{i}".encode() for i in range(300)], name="vocab_keys")
+        values = tf.constant(np.arange(300, dtype=np.int64) * 7, name="vocab_values")
+        table = tf.compat.v1.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
+        words = tf.compat.v1.placeholder(tf.string, [None], name="words")
+        tf.identity(table.lookup(words), name="ids")
+        init = table.initializer.name
+    model = Model(g.as_graph_def(), Signature(inputs={"words": TensorSpec("words:0", "string", (None,))},
+                                              outputs={"ids": TensorSpec("ids:0", "int64", (None,))}),
+                  init_ops=[init])
+    out = export_versioned(model, tmp_path / "vocab", variables_threshold=0)
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel.FromString((out / "saved_model.pb").read_bytes())
+    ops = {n.name: n.op for n in sm.meta_graphs[0].graph_def.node}
+    assert ops["vocab_keys"] == "VariableV2" and ops["vocab_values"] == "VariableV2"
+    feeds = {"words": np.array([b"word3", b"nope", b"word299"], dtype=object)}
+    got = run_saved(out, feeds)
+    np.testing.assert_array_equal(got["ids"], run_model(model, feeds)["ids"])
+    np.testing.assert_array_equal(got["ids"], [21, -1, 2093])
 
 
 @pytest.mark.slow

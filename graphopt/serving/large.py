@@ -149,12 +149,14 @@ def write_with_variables(model: Model, export_dir: str | Path, *, min_bytes: int
                 if assigns:
                     sess.run(assigns, feed_dict=feeds)
                 builder = tf.compat.v1.saved_model.Builder(str(export_dir))
+                signatures = {model.signature.key: signature_def(model.signature)}
                 builder.add_meta_graph_and_variables(
-                    sess, [tf.saved_model.SERVING], signature_def_map={model.signature.key: signature_def(model.signature)},
+                    sess, [tf.saved_model.SERVING], signature_def_map=signatures,
                     assets_collection=asset_tensors or None, main_op=main_op, saver=saver, strip_default_attrs=True)
                 builder.save()
     except Exception as exc:  # TF raises many types here; the user needs one message with the cause
-        raise OutputError(f"cannot write SavedModel: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise OutputError(f"cannot write SavedModel: {type(exc).__name__}: {first_line}",
                           where=str(export_dir)) from exc
     _copy_unbound_assets(export_dir, model.assets)
     return {"variables": len(vg.values), "variable_bytes": vg.variable_bytes, "graph_bytes": graph_bytes(vg.graph_def)}
@@ -169,9 +171,10 @@ def _asset_tensors(graph, graph_def, assets: dict[str, str]) -> list:
     paths = {str(p).encode() for p in assets.values()}
     found = []
     for node in graph_def.node:
-        if node.op == "Const" and node.attr["value"].tensor.string_val[:1] and not node.attr["value"].tensor.tensor_shape.dim:
-            if node.attr["value"].tensor.string_val[0] in paths:
-                found.append(graph.get_tensor_by_name(f"{node.name}:0"))
+        tensor = node.attr["value"].tensor if node.op == "Const" else None
+        scalar_string = tensor is not None and not tensor.tensor_shape.dim and tensor.string_val[:1]
+        if scalar_string and tensor.string_val[0] in paths:
+            found.append(graph.get_tensor_by_name(f"{node.name}:0"))
     return found
 
 

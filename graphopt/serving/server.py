@@ -89,7 +89,8 @@ class LoadedModel:
         keys = list(output_filter) if output_filter else list(sig.outputs)
         unknown = [k for k in keys if k not in sig.outputs]
         if unknown:
-            raise RequestError("INVALID_ARGUMENT", f"output_filter {', '.join(unknown)} is not an output of the signature")
+            raise RequestError("INVALID_ARGUMENT",
+                               f"output_filter {', '.join(unknown)} is not an output of the signature")
         try:
             values = self.session.run([sig.outputs[k].name for k in keys],
                                       feed_dict={sig.inputs[k].name: v for k, v in inputs.items()})

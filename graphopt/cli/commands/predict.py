@@ -31,7 +31,8 @@ def run(args, ctx) -> int:
     from graphopt.serving.client import GrpcClient, RestClient, tf_dtype_name
     from graphopt.serving.input_files import cast_inputs, parse_input_args
 
-    client = GrpcClient(args.server, timeout=args.timeout) if args.server else RestClient(args.rest, timeout=args.timeout)
+    client = (GrpcClient(args.server, timeout=args.timeout) if args.server
+              else RestClient(args.rest, timeout=args.timeout))
     with client:
         meta = client.metadata(args.model, version=args.version)
         if args.metadata:
@@ -56,6 +57,8 @@ def run(args, ctx) -> int:
             out_dtypes = {k: tf_dtype_name(v["dtype"]) for k, v in sig["outputs"].items()}
             outputs = {k: (v if out_dtypes.get(k) in (None, "string") else v.astype(out_dtypes[k]))
                        for k, v in outputs.items()}
+    # in the signature's order (a gRPC response's map has none)
+    outputs = {k: outputs[k] for k in [*sig["outputs"], *outputs] if k in outputs}
     if args.json:
         from graphopt.serving.rest import encode
 

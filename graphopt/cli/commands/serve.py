@@ -24,7 +24,8 @@ def configure(parser) -> None:
     parser.add_argument("--model-name", metavar="NAME", help="name clients use (default: BASE's directory name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--version", type=int, metavar="N", help="serve version N instead of the newest")
-    parser.add_argument("--no-warmup", action="store_true", help="do not replay assets.extra/tf_serving_warmup_requests")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="do not replay assets.extra/tf_serving_warmup_requests")
 
 
 def run(args, ctx) -> int:

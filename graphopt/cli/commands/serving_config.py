@@ -83,5 +83,6 @@ def run(args, ctx) -> int:
     if "platform" in written:
         flags.append("--platform_config_file=/config/platform_config.pbtxt")
     ctx.console.print(f"[dim]docker run -p 8500:8500 -p 8501:8501 -v {out.resolve()}:/config "
-                      f"-v <models>:<base paths> tensorflow/serving {' '.join(flags)}[/]", highlight=False, soft_wrap=True)
+                      f"-v <models>:<base paths> tensorflow/serving {' '.join(flags)}[/]",
+                      highlight=False, soft_wrap=True)
     return 0
