@@ -139,6 +139,14 @@ def test_workflow_halves_the_saved_model_and_keeps_outputs(demo):
     assert all(r["status"] in ("applied", "unchanged") for r in seed.records)
 
 
+def test_seed_list_on_the_whole_graph_as_the_post_ran_it(demo):
+    # training branch (gradients with control-dependency Identities), loop Identities and all
+    whole = demo.whole_graph
+    assert whole["nodes_before"] == demo.as_is_nodes
+    assert whole["strip_unused_removed"] > 1000 and whole["nodes_after"] <= demo.loaded_nodes
+    assert whole["max_diff"] < 1e-4 and whole["classes_equal"]
+
+
 def test_workflow_folds_batch_norms_strips_debug_ops_and_keeps_the_loop(demo):
     before, after = demo.as_is_ops, demo.seed.ops
     assert before["FusedBatchNorm"] == 54 and after["FusedBatchNorm"] == 0

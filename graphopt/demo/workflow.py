@@ -84,6 +84,7 @@ class DemoResult:
     as_is_nodes: int
     as_is_ops: dict[str, int]
     loaded_nodes: int
+    whole_graph: dict[str, Any]
     image_shape: tuple[int, ...]
     steps: list[Step] = field(default_factory=list)
     optimizations: list[Optimization] = field(default_factory=list)
@@ -346,15 +347,42 @@ def run_workflow(workdir: str | Path, *, pipelines: tuple[str, ...] = ("gtt-seed
     result = DemoResult(
         workdir=str(workdir), module_path=str(module_path), as_is_path=str(as_is),
         as_is_saved_model_bytes=as_is_bytes, as_is_variables_files=_variables_files(as_is),
-        as_is_nodes=len(frozen.node), as_is_ops=watched(frozen), loaded_nodes=model.node_count,
+        as_is_nodes=len(frozen.node), as_is_ops=watched(frozen), loaded_nodes=model.node_count, whole_graph={},
         image_shape=tuple(image.shape), steps=steps)
     presets = default_host().registry.presets
+    result.whole_graph = _seed_on_whole_graph(frozen, model, image, reference, done)
     for i, name in enumerate(pipelines):
         if i and name not in presets:
             continue
         out = workdir / "models" / str(i + 2)
         result.optimizations.append(_optimize(model, name, out, image, reference, done, raise_errors=i == 0))
     return result
+
+
+def _seed_on_whole_graph(frozen: Any, model: Any, image: np.ndarray, reference: dict[str, np.ndarray],
+                         done: Callable[..., None]) -> dict[str, Any]:
+    """The seed list on the whole as-is graph, as the post's ``TransformGraph(graph.as_graph_def(), ...)`` ran it.
+
+    ``graphopt.load`` keeps only what the signature needs; the post transformed
+    everything, training branch included, and let ``strip_unused_nodes`` drop it.
+    This checks that the list also holds there (``remove_nodes`` meets the
+    gradients' control-dependency Identities and the loop's Identities).
+    """
+    import graphopt
+    from graphopt.runtime import run_model
+
+    t0 = time.perf_counter()
+    whole = model.replace(graph_def=frozen, init_ops=[], source=model.source, format="graph_def")
+    run = graphopt.Pipeline.parse("gtt-seed").run(whole)
+    diffs, classes_equal = compare(reference, run_model(run.model, {"inputs": image}))
+    stripped = next((r["nodes_before"] - r["nodes_after"] for r in (x.to_dict() for x in run.records)
+                     if r["name"] == "strip_unused_nodes"), 0)
+    out = {"nodes_before": len(frozen.node), "nodes_after": run.model.node_count, "strip_unused_removed": stripped,
+           "graph_bytes_before": frozen.ByteSize(), "graph_bytes_after": run.model.size_bytes,
+           "max_diff": max(diffs.values()), "classes_equal": classes_equal}
+    done("seed on whole graph", f"as the post ran TransformGraph: {out['nodes_before']} -> {out['nodes_after']} nodes "
+         f"(strip_unused_nodes -{stripped}), largest |difference| {out['max_diff']:.3g}", t0)
+    return out
 
 
 def _optimize(model: Any, name: str, out: Path, image: np.ndarray, reference: dict[str, np.ndarray],

@@ -98,6 +98,13 @@ def _render(console, result) -> None:
     console.print(f"graphopt.load froze models/1 to the {result.loaded_nodes} nodes its signature needs "
                   f"(of {result.as_is_nodes}: the training branch goes there, before strip_unused_nodes).",
                   highlight=False, soft_wrap=True)
+    whole = result.whole_graph
+    if whole:
+        console.print(f"As the post ran it (TransformGraph on the whole graph): {whole['nodes_before']} -> "
+                      f"{whole['nodes_after']} nodes, {_mb(whole['graph_bytes_before'])} -> "
+                      f"{_mb(whole['graph_bytes_after'])}, strip_unused_nodes removed {whole['strip_unused_removed']}; "
+                      f"largest |difference| {whole['max_diff']:.3g}, classes "
+                      f"{'equal' if whole['classes_equal'] else 'DIFFER'}.", highlight=False, soft_wrap=True)
 
     seed = result.seed
     console.print(f"\n[bold]{seed.pipeline}[/], one line per transform:", highlight=False)
