@@ -10,7 +10,8 @@ structural check takes 2 ms; ``import_graph_def`` of the whole graph 305 ms, alm
 all of it copying weight bytes that import never looks at. Importing a *skeleton*
 instead -- the same graph with the contents of large constants left out (dtype and
 shape kept, so type checking is unchanged) -- takes 10 ms to build and 50 ms to
-import. That is cheap enough to run after every pass, native ones included
+import. (Under load, load average 8 on the 2 cores: full import 0.62-1.1 s, the
+whole check_graph 0.23-0.27 s.) That is cheap enough to run after every pass, native ones included
 (``rename_op`` can produce an op TensorFlow does not know), so there is no
 "trust this pass" exception to reason about.
 """
