@@ -383,3 +383,34 @@ def mobilenet_v2_saved_model(path):
     model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
     randomize_batch_norms(model)
     model.export(str(path), verbose=False)
+
+
+def tables_in_loop_saved_model(path):
+    """A TF2 module with an int64->string StaticHashTable and a string->float MutableHashTable, the latter read
+    inside a functional While; expected outputs for ``ids`` go to ``<path>.expected.npz``."""
+    import numpy as np
+    import tensorflow as tf
+
+    class Tables(tf.Module):
+        def __init__(self):
+            self.names = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant([1, 2, 3], tf.int64), tf.constant(["one", "two", "three"])), default_value="?")
+            self.weights = tf.lookup.experimental.MutableHashTable(tf.string, tf.float32, default_value=-1.0)
+            self.weights.insert(tf.constant(["one", "three"]), tf.constant([1.5, 3.5]))
+            self.scale = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
+        def serve(self, ids):
+            def body(i, acc):
+                step = tf.reshape(self.weights.lookup(self.names.lookup(ids)), tf.shape(acc))
+                return i + 1, acc + step * self.scale
+
+            _, acc = tf.while_loop(lambda i, a: i < 2, body, [tf.constant(0), tf.zeros_like(ids, tf.float32)])
+            return {"name": self.names.lookup(ids), "acc": acc}
+
+    module = Tables()
+    ids = np.array([1, 3, 7, 2], np.int64)
+    expected = module.serve(tf.constant(ids))
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    np.savez(str(path) + ".expected.npz", ids=ids, name=expected["name"].numpy().astype(bytes),
+             acc=expected["acc"].numpy())

@@ -70,49 +70,81 @@ def _shared_name(node: str, keys: Any, values: Any) -> str:
     return f"graphopt_table_{node}_{digest.hexdigest()[:12]}"
 
 
-# --- TF2: tables captured by a concrete function ---------------------------------------------
+_CALL_OPS = {"PartitionedCall", "StatefulPartitionedCall"}
+_WHILE_OPS = {"While", "StatelessWhile"}
+_IF_OPS = {"If", "StatelessIf"}
 
 
-def _consumer_dtypes(graph_def: Any, start: str) -> tuple[Any, Any] | None:
-    """Key/value dtypes read off the lookup op fed (through Identity chains) by node ``start``."""
+def _dtypes_of(node: Any) -> tuple[Any, Any] | None:
     import tensorflow as tf
 
-    readers: dict[str, list[Any]] = {}
-    for n in graph_def.node:
-        for i in n.input:
-            readers.setdefault(node_name(i), []).append(n)
-    todo, seen = [start], set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for reader in readers.get(name, []):
-            if reader.op in _PASS_THROUGH:
-                todo.append(reader.name)
-            elif reader.op in _FIND_OPS and "Tin" in reader.attr and "Tout" in reader.attr:
-                return tf.as_dtype(reader.attr["Tin"].type), tf.as_dtype(reader.attr["Tout"].type)
+    for k, v in (("Tin", "Tout"), ("Tkeys", "Tvalues")):
+        if node.op in _FIND_OPS | {"LookupTableExportV2"} and k in node.attr and v in node.attr:
+            return tf.as_dtype(node.attr[k].type), tf.as_dtype(node.attr[v].type)
     return None
 
 
-_GUESSES = [("string", "int64"), ("int64", "int64"), ("string", "string"), ("int64", "string"),
-            ("string", "int32"), ("int32", "int32"), ("string", "float32"), ("int64", "float32"),
-            ("int32", "string"), ("int64", "int32")]
+def _callees(node: Any, position: int, library: dict[str, Any]) -> list[tuple[Any, int]]:
+    """Functions ``node`` calls and the argument index its input ``position`` becomes in each."""
+    if node.op in _WHILE_OPS:
+        return [(library[node.attr[a].func.name], position) for a in ("cond", "body")
+                if node.attr[a].func.name in library]
+    if node.op in _IF_OPS:
+        return [(library[node.attr[a].func.name], position - 1) for a in ("then_branch", "else_branch")
+                if position > 0 and node.attr[a].func.name in library]
+    if node.op in _CALL_OPS and node.attr["f"].func.name in library:
+        return [(library[node.attr["f"].func.name], position)]
+    if node.op in library:  # a function called directly as an op
+        return [(library[node.op], position)]
+    return []
 
 
-def _export_eager(handle: Any, dtypes: tuple[Any, Any] | None) -> tuple[Any, Any]:
+def _consumer_dtypes(graph_def: Any, start: str) -> tuple[Any, Any] | None:
+    """Key/value dtypes read off a lookup op fed by node ``start``, following Identity chains and
+    function calls (While/If bodies, PartitionedCall) into the function library."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    seen: set[tuple[str, str]] = set()
+
+    def search(nodes: list[Any], start_name: str, scope: str) -> tuple[Any, Any] | None:
+        todo = [start_name]
+        while todo:
+            name = todo.pop()
+            if (scope, name) in seen:
+                continue
+            seen.add((scope, name))
+            for reader in nodes:
+                positions = [i for i, inp in enumerate(reader.input) if not inp.startswith("^")
+                             and inp.split(":")[0] == name]
+                if not positions:
+                    continue
+                if reader.op in _PASS_THROUGH:
+                    todo.append(reader.name)
+                    continue
+                found = _dtypes_of(reader)
+                if found:
+                    return found
+                for pos in positions:
+                    for fn, arg in _callees(reader, pos, library):
+                        if 0 <= arg < len(fn.signature.input_arg):
+                            found = search(list(fn.node_def), fn.signature.input_arg[arg].name, fn.signature.name)
+                            if found:
+                                return found
+        return None
+
+    return search(list(graph_def.node), start, "")
+
+
+def _export_eager(handle: Any, dtypes: tuple[Any, Any] | None, node: str) -> tuple[Any, Any]:
     import tensorflow as tf
 
-    tries = [dtypes] if dtypes else []
-    tries += [(tf.as_dtype(k), tf.as_dtype(v)) for k, v in _GUESSES]
-    last: Exception | None = None
-    for kd, vd in tries:
-        try:
-            keys, values = tf.raw_ops.LookupTableExportV2(table_handle=handle, Tkeys=kd, Tvalues=vd)
-            return keys.numpy(), values.numpy()
-        except (tf.errors.OpError, TypeError, ValueError) as exc:  # wrong dtype guess: the kernel says so
-            last = exc
-    raise ValueError(f"cannot export the lookup table: {last}")
+    if dtypes is None:
+        # Never guess: LookupTableExportV2 with the wrong dtypes aborts the process (a CHECK failure).
+        raise ValueError(f"cannot tell the key/value dtypes of table '{node}': no lookup op reads it")
+    keys, values = tf.raw_ops.LookupTableExportV2(table_handle=handle, Tkeys=dtypes[0], Tvalues=dtypes[1])
+    return keys.numpy(), values.numpy()
+
+
+# --- TF2: tables captured by a concrete function ---------------------------------------------
 
 
 def inline_captured_tables(graph_def: Any, captures: dict[str, Any]) -> list[str]:
@@ -127,7 +159,7 @@ def inline_captured_tables(graph_def: Any, captures: dict[str, Any]) -> list[str
         if node.op != "Placeholder" or node.attr["dtype"].type != RESOURCE or node.name not in captures:
             continue
         handle = captures[node.name]
-        keys, values = _export_eager(handle, _consumer_dtypes(graph_def, node.name))
+        keys, values = _export_eager(handle, _consumer_dtypes(graph_def, node.name), node.name)
         import tensorflow as tf
 
         key_dtype, value_dtype = tf.as_dtype(keys.dtype), tf.as_dtype(values.dtype)
