@@ -284,3 +284,15 @@ def test_snapshots_plugin_through_the_cli(metadata_pb, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["001-strip_metadata.json", "001-strip_metadata.pb",
                                                      "002-fold_constants.json", "002-fold_constants.pb"]
     assert _graph(run / "002-fold_constants.pb") == _graph(tmp_path / "out.pb")
+
+
+def test_a_failing_pass_writes_nothing_unless_keep_going(cli, metadata_pb, tmp_path):
+    bad = "strip_metadata rename_node(old_node_name=a, new_node_name=b1) fold_constants"  # b1 exists: GTT refuses
+    out = tmp_path / "out.pb"
+    code, _, err = cli("optimize", metadata_pb, "-o", out, "--format", "pb", "--inputs", "x", "--outputs", "y",
+                       "--transforms", bad)
+    assert code == 4 and not out.exists()
+    assert "rename_node" in err and "native" in err
+    report = _optimize(cli, metadata_pb, out, "--transforms", bad, "--keep-going")
+    assert [p["status"] for p in report["passes"]] == ["applied", "rolled_back", "applied"]
+    assert out.exists()
