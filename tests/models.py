@@ -301,8 +301,8 @@ def tf1_saved_model(path, tags=("custom", "cpu"), signatures=("scores", "logits"
 
 
 def tf1_hub_module(path):
-    """A TF1 Hub-format module folder: TF1 SavedModel with tags ``[]``, signature ``default``, variables,
-    and ``tfhub_module.pb`` (a ``ModuleDef`` with ``format: FORMAT_V3``)."""
+    """A TF1 Hub-format module folder: TF1 SavedModel with tags ``[]`` (and ``["train"]``), signature ``default``,
+    variables, and ``tfhub_module.pb`` (a ``ModuleDef`` with ``format: FORMAT_V3``)."""
     import numpy as np
     import tensorflow as tf
 
@@ -319,6 +319,8 @@ def tf1_hub_module(path):
             sig = v1.saved_model.signature_def_utils.predict_signature_def({"images": images}, {"default": feats})
             builder = v1.saved_model.Builder(str(path))
             builder.add_meta_graph_and_variables(sess, [], signature_def_map={"default": sig})
+            # hub.create_module_spec exports a second, training meta graph; loaders must pick [] by default.
+            builder.add_meta_graph(["train"], signature_def_map={"default": sig})
             builder.save()
     try:  # tensorflow_hub >= 0.13 no longer ships module_def_pb2; the proto is one enum field
         from tensorflow_hub import module_def_pb2  # type: ignore[attr-defined]

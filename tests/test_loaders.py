@@ -127,6 +127,7 @@ def test_tf1_hub_module_folder(model_path, tmp_path):
     assert detect(path) == "hub_tf1"
     model = load(path)
     assert model.format == "hub_tf1" and model.signature.key == "default"
+    assert model.metadata["tags"] == []  # hub.Module's meta graph, not the ["train"] one
     assert list(model.signature.outputs) == ["default"]
     _no_variables(model)
     roundtrip(model, tmp_path)
@@ -175,6 +176,17 @@ def test_tf2_hub_folder_without_signatures_uses_call(tmp_path):
     assert model.metadata["function"] == "__call__"
     assert list(model.signature.outputs) == ["output_0"]
     roundtrip(model, tmp_path)
+
+
+def test_tf2_folder_without_signatures_or_call_is_a_clear_error(tmp_path):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    tf.saved_model.save(module, str(tmp_path / "bare"), signatures={})
+    with pytest.raises(InputError) as err:
+        load(tmp_path / "bare")
+    assert "no signatures and no __call__" in err.value.message
 
 
 @pytest.mark.parametrize("name", ["frozen.pb", "frozen.pbtxt"])
