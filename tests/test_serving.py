@@ -587,6 +587,30 @@ def test_serve_command_errors(cli, tmp_path):
     assert code == 6 and "REST port" in err
 
 
+def test_server_refuses_unsafe_ops_but_not_its_own_saver(tmp_path, cli):
+    import tensorflow as tf
+
+    from graphopt.errors import UnsafeGraphError
+    from graphopt.serving.export import export_versioned
+    from graphopt.serving.server import DevServer, check_safe
+
+    # the variables layout has SaveV2/RestoreV2 in its saver: that is the format, not the model
+    assert check_safe(export_versioned(dense_model(), tmp_path / "vars", variables_threshold=0)) == []
+    g = tf.Graph()
+    with g.as_default():
+        path = tf.compat.v1.placeholder(tf.string, [], name="path")
+        tf.io.read_file(path, name="contents")
+    model = Model(g.as_graph_def(), Signature(inputs={"path": TensorSpec("path:0", "string", ())},
+                                              outputs={"contents": TensorSpec("contents:0", "string", ())}))
+    export_versioned(model, tmp_path / "reader", warmup=False)
+    with pytest.raises(UnsafeGraphError, match="ReadFile"):
+        DevServer(tmp_path / "reader", port=0, rest_port=None).start()
+    code, _, err = cli("serve", tmp_path / "reader", "--port", "0", "--rest-port", "-1")
+    assert code == 7 and "--allow-unsafe-ops" in err
+    server = DevServer(tmp_path / "reader", port=0, rest_port=None, allow_unsafe=["ReadFile"]).start()
+    server.stop()
+
+
 # --- the demo detector (graphopt/demo): the seed's model, exported and called with the seed's client -------
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,13 +41,41 @@ class RequestError(Exception):
         self.message = message
 
 
+def check_safe(export_dir: str | Path, *, allow: bool | Iterable[str] = False) -> list:
+    """Refuse (:class:`UnsafeGraphError`) a SavedModel whose serving graph reaches outside the process.
+
+    The SavedModel's own saver (which restores ``variables/`` at load, as TF
+    Serving does) is not counted; every other file, Python or network op is,
+    in the graph and its functions. Returns the allowed findings.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from graphopt.safety import ensure_safe
+
+    path = Path(export_dir) / "saved_model.pb"
+    try:
+        sm = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    except (OSError, ValueError) as exc:  # DecodeError is a ValueError
+        raise InputError(f"cannot read SavedModel: {exc}", where=str(path)) from exc
+    meta = next((m for m in sm.meta_graphs if "serve" in m.meta_info_def.tags), None)
+    if meta is None:
+        raise InputError("no meta graph with tag 'serve'", where=str(path), hint="export it with graphopt")
+    saver_scope = meta.saver_def.restore_op_name.rpartition("/")[0]
+    graph = type(meta.graph_def)()
+    graph.library.CopyFrom(meta.graph_def.library)
+    graph.node.extend(n for n in meta.graph_def.node if not (saver_scope and n.name.startswith(saver_scope + "/")))
+    return ensure_safe(graph, allow=allow, action="serve it", source=str(export_dir))
+
+
 class LoadedModel:
     """One SavedModel version in one session, signatures by key."""
 
-    def __init__(self, export_dir: str | Path, *, name: str, version: int, config: Any = None) -> None:
+    def __init__(self, export_dir: str | Path, *, name: str, version: int, config: Any = None,
+                 allow_unsafe: bool | Iterable[str] = False) -> None:
         import tensorflow as tf
 
         self.name, self.version, self.export_dir = name, version, Path(export_dir)
+        check_safe(export_dir, allow=allow_unsafe)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         from tensorflow.python.util import deprecation
@@ -247,15 +275,19 @@ class DevServer:
 
     Port 0 picks a free port (read ``grpc_port`` / ``rest_port`` after
     ``start``); ``rest_port=None`` serves gRPC only. ``stop()`` closes all.
+    A model holding file, Python or network ops is refused unless
+    ``allow_unsafe`` (True, or the op names allowed).
     """
 
     def __init__(self, base: str | Path, *, model_name: str | None = None, host: str = "127.0.0.1",
                  port: int = 8500, rest_port: int | None = 8501, version: int | None = None,
-                 warmup: bool = True, session_config: Any = None, workers: int = 8) -> None:
+                 warmup: bool = True, session_config: Any = None, workers: int = 8,
+                 allow_unsafe: bool | Iterable[str] = False) -> None:
         self.base = Path(base)
         self.model_name = model_name or self.base.resolve().name
         self.host, self.grpc_port, self.rest_port = host, port, rest_port
         self.version, self.warmup, self.session_config, self.workers = version, warmup, session_config, workers
+        self.allow_unsafe = allow_unsafe
         self.model: LoadedModel | None = None
         self.warmup_replayed = 0
         self._grpc = None
@@ -270,7 +302,7 @@ class DevServer:
         if version not in found:
             raise InputError(f"no version {version}", where=str(self.base), hint=f"versions: {found}")
         model = LoadedModel(self.base / str(version), name=self.model_name, version=version,
-                            config=self.session_config)
+                            config=self.session_config, allow_unsafe=self.allow_unsafe)
         warm = self.base / str(version) / WARMUP_DIR / WARMUP_FILE
         if self.warmup and warm.is_file():
             try:

@@ -24,6 +24,8 @@ def configure(parser) -> None:
     parser.add_argument("--model-name", metavar="NAME", help="name clients use (default: BASE's directory name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--version", type=int, metavar="N", help="serve version N instead of the newest")
+    parser.add_argument("--allow-unsafe-ops", nargs="?", const=True, default=False, metavar="OP,OP",
+                        help="serve graphs holding file/Python/network ops (all, or only these)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="do not replay assets.extra/tf_serving_warmup_requests")
 
@@ -31,9 +33,12 @@ def configure(parser) -> None:
 def run(args, ctx) -> int:
     from graphopt.serving.server import DevServer
 
+    allow = args.allow_unsafe_ops
+    if isinstance(allow, str):
+        allow = [a.strip() for a in allow.split(",") if a.strip()]
     server = DevServer(args.base, model_name=args.model_name, host=args.host, port=args.port,
                        rest_port=None if args.rest_port < 0 else args.rest_port, version=args.version,
-                       warmup=not args.no_warmup)
+                       warmup=not args.no_warmup, allow_unsafe=allow)
     ctx.err.print(f"loading {args.base} ...", highlight=False)
     server.start()
     stop = threading.Event()
