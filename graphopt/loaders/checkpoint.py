@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
-from graphopt.loaders.saved_model_tf1 import _restrict, freeze_session
+from graphopt.loaders.saved_model_tf1 import freeze_session
 from graphopt.model import Model
 
 TRAINING_PREFIXES = ("save", "init", "init_all_tables", "init_1", "gradients", "train", "report_uninitialized_variables",
@@ -83,7 +83,7 @@ def load_checkpoint(src: str, *, signature: str | None = None, tags: Sequence[st
         inferred: list[str] = []
         if available and not outputs:
             key = sigs.choose_key(available, signature, src)
-            sig = _restrict(graph, sigs.signature_from_def(meta.signature_def[key], key), inputs, outputs, src)
+            sig = sigs.override(sigs.signature_from_def(meta.signature_def[key], key), graph, inputs, outputs, src)
         else:
             graph_def = graph.as_graph_def()
             training = set(_training_sinks(graph_def))

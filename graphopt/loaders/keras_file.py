@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from graphopt.errors import InputError
-from graphopt.loaders import signatures as sigs
 from graphopt.model import DEFAULT_SIGNATURE, Model
 
 

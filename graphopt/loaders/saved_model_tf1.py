@@ -105,25 +105,10 @@ def load_saved_model_tf1(path: str, *, signature: str | None = None, tags: Seque
         tf.compat.v1.saved_model.loader.load(sess, chosen_tags, path, clear_devices=True)
         if available and key in available:
             sig = sigs.signature_from_def(meta.signature_def[key], key)
-            sig = _restrict(graph, sig, inputs, outputs, path)
+            sig = sigs.override(sig, graph, inputs, outputs, path)
         else:
             sig = sigs.signature_from_names(graph.as_graph_def(), inputs, outputs, path)
         graph_def, init_ops = freeze_session(sess, graph, sig)
     model = Model(graph_def=graph_def, signature=sig, init_ops=init_ops, source=path, format=fmt)
     model.metadata.update(tags=sorted(chosen_tags), signatures=available)
     return model
-
-
-def _restrict(graph: Any, sig: Signature, inputs: Sequence[str] | None, outputs: Sequence[str] | None,
-              where: str) -> Signature:
-    """Keep the signature, but let --inputs/--outputs (keys or graph names) override its halves."""
-    def pick(names: Sequence[str] | None, current: dict, role: str) -> dict:
-        if not names:
-            return current
-        out = {}
-        for name in names:
-            out.update({name: current[name]} if name in current else sigs.resolve_names(graph, [name], where, role))
-        return out
-
-    return Signature(inputs=pick(inputs, sig.inputs, "input"), outputs=pick(outputs, sig.outputs, "output"),
-                     key=sig.key, method_name=sig.method_name)

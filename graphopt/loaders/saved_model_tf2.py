@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
 from graphopt.loaders.tables import RESOURCE, inline_captured_tables
-from graphopt.model import DEFAULT_SIGNATURE, Model, Signature, TensorSpec
+from graphopt.model import DEFAULT_SIGNATURE, Model, Signature
 
 
 def _key_from_path(path: str) -> str:
@@ -136,22 +136,5 @@ def restrict(model: Model, inputs: Sequence[str] | None, outputs: Sequence[str] 
     """Override a loaded signature with user-given inputs/outputs (signature keys or graph names)."""
     if not inputs and not outputs:
         return model
-    sig = model.signature
-    graph = None
-
-    def pick(names: Sequence[str], current: dict[str, TensorSpec], role: str) -> dict[str, TensorSpec]:
-        nonlocal graph
-        out: dict[str, TensorSpec] = {}
-        for name in names:
-            if name in current:
-                out[name] = current[name]
-                continue
-            if graph is None:
-                graph = sigs.graph_tensors(model.graph_def)
-            out.update(sigs.resolve_names(graph, [name], model.source, role))
-        return out
-
-    new_in = pick(inputs, sig.inputs, "input") if inputs else sig.inputs
-    new_out = pick(outputs, sig.outputs, "output") if outputs else sig.outputs
-    return model.replace(signature=Signature(inputs=new_in, outputs=new_out, key=sig.key,
-                                             method_name=sig.method_name))
+    sig = sigs.override(model.signature, lambda: sigs.graph_tensors(model.graph_def), inputs, outputs, model.source)
+    return model.replace(signature=sig)

@@ -7,7 +7,7 @@ graph plus its dtype and static shape.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from graphopt.errors import InputError
 from graphopt.model import DEFAULT_SIGNATURE, Signature, TensorSpec, node_name, tensor_name
@@ -174,3 +174,31 @@ def signature_from_names(graph_def: Any, inputs: Sequence[str] | None, outputs: 
     ins = resolve_names(graph, in_names, where, "input")
     outs = resolve_names(graph, out_names, where, "output")
     return Signature(inputs=ins, outputs=outs)
+
+
+def override(sig: Signature, graph: Any | Callable[[], Any], inputs: Sequence[str] | None,
+             outputs: Sequence[str] | None, where: str) -> Signature:
+    """Keep ``sig`` but let user-given inputs/outputs replace either half.
+
+    Each name is a key of the signature or a node/tensor name in ``graph`` (a
+    ``tf.Graph``, or a function returning one, called only when needed).
+    """
+    cache: list[Any] = []
+
+    def get_graph() -> Any:
+        if not cache:
+            cache.append(graph() if callable(graph) else graph)
+        return cache[0]
+
+    def pick(names: Sequence[str] | None, current: dict[str, TensorSpec], role: str) -> dict[str, TensorSpec]:
+        if not names:
+            return current
+        out: dict[str, TensorSpec] = {}
+        for name in names:
+            out.update({name: current[name]} if name in current else resolve_names(get_graph(), [name], where, role))
+        return out
+
+    if not inputs and not outputs:
+        return sig
+    return Signature(inputs=pick(inputs, sig.inputs, "input"), outputs=pick(outputs, sig.outputs, "output"),
+                     key=sig.key, method_name=sig.method_name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from graphopt.model import node_name
 
 RESOURCE = 20  # DT_RESOURCE
 IMMUTABLE_TABLE_OPS = {"HashTableV2", "HashTable"}
