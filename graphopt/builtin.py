@@ -13,6 +13,7 @@ from graphopt.hookspecs import hookimpl
 
 PASS_MODULES = [
     "graphopt.passes.batch_norm",
+    "graphopt.passes.debug_ops",
     "graphopt.passes.precision",
     "graphopt.passes.grappler",
 ]

@@ -281,8 +281,9 @@ class GraphEditor:
         new = [node_name(n) for n in new]
         for consumer in list(self.control_consumers(old)):
             kept = [i for i in consumer.input if i != "^" + old]
+            reads = {node_name(i) for i in kept}
             for n in new:
-                if n != consumer.name and "^" + n not in kept:
+                if n != consumer.name and n not in reads:  # a data input already orders it
                     kept.append("^" + n)
             self.set_inputs(consumer, kept)
 
