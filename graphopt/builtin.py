@@ -75,3 +75,9 @@ def graphopt_run_pass(pass_, model, context):
     # The default behaviour is itself a hook implementation, so wrappers from
     # plugins (timing, checks, replacements) compose around it.
     return pass_.run(model)
+
+
+@hookimpl(trylast=True)
+def graphopt_run_pipeline(pipeline, model, context):
+    # Like graphopt_run_pass: the default is a hook implementation so plugins can wrap a whole run.
+    return pipeline.run_steps(model, context)

@@ -76,6 +76,19 @@ def graphopt_pipeline_start(pipeline: "Pipeline", model: "Model", context: "RunC
     """
 
 
+@hookspec(firstresult=True)
+def graphopt_run_pipeline(pipeline: "Pipeline", model: "Model", context: "RunContext") -> "Model | None":
+    """Run every step of ``pipeline`` on ``model`` and return the final model.
+
+    Called once per ``Pipeline.run``, between ``graphopt_pipeline_start`` and
+    ``graphopt_pipeline_finish``. The default implementation (``graphopt.builtin``,
+    ``trylast``) is ``pipeline.run_steps(model, context)``. Wrap it with
+    ``@hookimpl(wrapper=True)`` to surround the whole run (a profiler, a
+    timeout, a temporary directory): ``final = yield`` gives the final model, or
+    raises the ``PassError`` that stopped the run; the wrapper returns the model to use.
+    """
+
+
 @hookspec
 def graphopt_pipeline_finish(pipeline: "Pipeline", result: "PipelineResult", context: "RunContext") -> None:
     """Called once after the last pass succeeded or was rolled back, before ``run`` returns.

@@ -325,7 +325,15 @@ class Pipeline:
         ctx = RunContext(self.host, keep_going=keep_going, validate=validate)
         start = time.perf_counter()
         self._notify("graphopt_pipeline_start", pipeline=self, model=model, context=ctx)
-        final = self._run_steps(self.steps, model, ctx, iteration=None)
+        try:
+            final = self.host.pm.hook.graphopt_run_pipeline(pipeline=self, model=model, context=ctx)
+        except GraphoptError:
+            raise
+        except Exception as exc:  # only a plugin's wrapper can get here: passes' errors are PassErrors
+            raise PluginError(f"a graphopt_run_pipeline wrapper raised {type(exc).__name__}: {exc}",
+                              where="plugins", hint="run with --no-plugins to find which") from exc
+        if not isinstance(final, Model):
+            raise PluginError(f"graphopt_run_pipeline returned {type(final).__name__}, not a Model", where="plugins")
         result = PipelineResult(final, ctx.records, time.perf_counter() - start, self.spec, notes=ctx.notes)
         self._notify("graphopt_pipeline_finish", pipeline=self, result=result, context=ctx)
         return result
@@ -352,6 +360,10 @@ class Pipeline:
                 raise PluginError(f"{hook_name} of plugin '{impl.plugin_name}' raised {type(exc).__name__}: {exc}",
                                   where=f"plugin {origin}",
                                   hint=f"run with --no-plugins, or --plugins without {impl.plugin_name}") from exc
+
+    def run_steps(self, model: Model, context: RunContext) -> Model:
+        """Run the steps without the pipeline hooks around them (the default ``graphopt_run_pipeline``)."""
+        return self._run_steps(self.steps, model, context, iteration=None)
 
     def _run_steps(self, steps: list[Step], model: Model, ctx: RunContext, iteration: int | None) -> Model:
         for step in steps:

@@ -230,8 +230,8 @@ def build_registry(pm: _Manager) -> Registry:
     Each plugin registers into a staging area that is merged only if all of its
     registration hooks succeed: a plugin whose hook raises, or whose names clash,
     is recorded in ``failures`` and unregistered entirely (its run hooks too),
-    and the others load as if it were not installed. Built-ins failing is a bug
-    and raises.
+    and the others load as if it were not installed. A built-in whose hook raises
+    (a bug) keeps what it registered before the failure, which is recorded too.
     """
     registry = Registry(failures=list(pm.failures))
 
@@ -251,12 +251,14 @@ def build_registry(pm: _Manager) -> Registry:
                     impl.function(*[_registrar(hook_name, origin, registry, staged, clash)
                                     for _ in impl.argnames])
         except Exception as exc:
-            if origin.kind != "plugin":
-                raise
-            registry.failures.append(PluginFailure(origin.plugin, origin.distribution, origin.version,
-                                                   f"{hook_name} raised {type(exc).__name__}: {exc}"))
-            broken.append(plugin_name)
-            continue
+            failure = PluginFailure(origin.plugin, origin.distribution, origin.version,
+                                    f"{hook_name} raised {type(exc).__name__}: {exc}")
+            registry.failures.append(failure)
+            if origin.kind == "plugin":
+                broken.append(plugin_name)
+                continue
+            # A built-in failing is a bug, but one broken command module must not take passes and the
+            # other commands with it: keep what registered, and let the CLI warn about the rest.
         registry.passes.update(staged.passes)
         registry.presets.update(staged.presets)
         registry.commands.update(staged.commands)

@@ -322,7 +322,33 @@ def test_the_wrapper_example_in_the_hook_reference(model):
     import types
 
     plugin = types.ModuleType("timing_plugin")
-    exec(compile(_python_blocks("hooks.md")[0], "docs/hooks.md", "exec"), plugin.__dict__)
+    (block,) = [b for b in _python_blocks("hooks.md") if "def graphopt_run_pass" in b]
+    exec(compile(block, "docs/hooks.md", "exec"), plugin.__dict__)
     host = Host.create(plugins=True, allow=["timing"], extra=[("timing", plugin)])
     result = Pipeline.parse("fold_constants remove_nodes(op=CheckNumerics)", host=host).run(model)
     assert all("cpu_seconds" in r.counters for r in result.records)
+
+
+def test_a_plugin_can_wrap_the_whole_pipeline(host, model):
+    seen = []
+
+    class Around:
+        @hookimpl(wrapper=True)
+        def graphopt_run_pipeline(self, pipeline, model, context):
+            seen.append(("before", pipeline.spec, model.node_count))
+            try:
+                final = yield
+            except PassError as exc:
+                seen.append(("failed", exc.message))
+                raise
+            seen.append(("after", final.node_count))
+            return final
+
+    around = Host.create(plugins=True, allow=["around", "testplugin"],
+                         extra=[("around", Around()), ("testplugin", ExamplePlugin())])
+    result = Pipeline.parse("test_drop_one_identity", host=around).run(model)
+    assert seen == [("before", "test_drop_one_identity", model.node_count), ("after", model.node_count - 1)]
+    assert result.model.node_count == model.node_count - 1
+    with pytest.raises(PassError):
+        Pipeline.parse("test_raise", host=around).run(model)
+    assert seen[-1][0] == "failed" and "boom" in seen[-1][1]
