@@ -15,10 +15,13 @@ runs the graph, and constants are sized from their protos without decoding.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+from graphopt.hookspecs import hookimpl
 from graphopt.model import Model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,46 +58,85 @@ class GraphModel:
     functions: dict[str, "nx.DiGraph"] = field(default_factory=dict)
 
 
-def _add_node_edges(g: "nx.DiGraph", name: str, inputs: Iterable[str], known: set[str] | None = None) -> None:
-    data_index = 0
-    for text in inputs:
-        src, port, control = parse_input(text)
-        if src not in g:
-            g.add_node(src, op=MISSING_OP, device="")
-        edge = g.get_edge_data(src, name)
-        if edge is None:
-            g.add_edge(src, name, data=[], control=False)
-            edge = g[src][name]
-        if control:
-            edge["control"] = True
-        else:
-            edge["data"].append((port, data_index))
-            data_index += 1
+@contextlib.contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector while building big graphs.
+
+    Building a 100,000-node graph allocates millions of small dicts and tuples, none
+    of them garbage; left on, the collector rescans them again and again and takes
+    more time than the work itself (half the run on the synthetic benchmark).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
-def graph_of_nodes(nodes: Iterable[Any], *, args: Iterable[str] = (), rets: dict[str, str] | None = None) -> "nx.DiGraph":
-    """One ``DiGraph`` from NodeDefs; ``args``/``rets`` add a function's ``_Arg``/``_Retval`` nodes."""
+def source_of(text: str) -> str:
+    """The node an input reference reads: ``"^a"``, ``"a:1"``, ``"a"`` and ``"a:out:0"`` -> ``"a"``."""
+    if text[:1] == "^":
+        text = text[1:]
+    return text.partition(":")[0] if ":" in text else text
+
+
+NodeRow = tuple  # (name, op, device, inputs): a NodeDef's fields read once (proto access dominates big graphs)
+
+
+def node_table(nodes: Iterable[Any]) -> list[NodeRow]:
+    """Each NodeDef's name, op, device and inputs, read from the protos once."""
+    return [(n.name, n.op, n.device, tuple(n.input)) for n in nodes]
+
+
+def graph_of_rows(rows: list[NodeRow], *, args: Iterable[str] = (), rets: dict[str, str] | None = None
+                  ) -> "nx.DiGraph":
+    """One ``DiGraph`` from node rows; ``args``/``rets`` add a function's ``_Arg``/``_Retval`` nodes.
+
+    ``g.graph`` holds ``data_edges`` and ``control_edges`` counts.
+    """
     import networkx as nx
 
-    g = nx.DiGraph()
-    nodes = list(nodes)
-    for a in args:
-        g.add_node(a, op="_Arg", device="")
-    for node in nodes:
-        # A node may have been added as <missing> by an earlier consumer: set its real attributes.
-        g.add_node(node.name, op=node.op, device=node.device)
-    for node in nodes:
-        _add_node_edges(g, node.name, node.input)
+    rows = list(rows)
     for key, ref in (rets or {}).items():
-        ret = f"ret:{key}"  # ':' cannot appear in a node name, so this never clashes
-        g.add_node(ret, op="_Retval", device="")
-        _add_node_edges(g, ret, [ref])
+        rows.append((f"ret:{key}", "_Retval", "", (ref,)))  # ':' cannot be in a node name: never clashes
+    g = nx.DiGraph()
+    g.add_nodes_from((a, {"op": "_Arg", "device": ""}) for a in args)
+    g.add_nodes_from((name, {"op": op, "device": device}) for name, op, device, _ in rows)
+    edges: dict[tuple[str, str], dict[str, Any]] = {}
+    n_data = n_control = 0
+    for name, _, _, inputs in rows:
+        index = 0
+        for text in inputs:
+            src, port, control = parse_input(text) if ":" in text or text[:1] == "^" else (text, 0, False)
+            edge = edges.get((src, name))
+            if edge is None:
+                edge = edges[(src, name)] = {"data": [], "control": False}
+            if control:
+                if not edge["control"]:
+                    n_control += 1
+                edge["control"] = True
+            else:
+                edge["data"].append((port, index))
+                index += 1
+                n_data += 1
+    missing = {u for u, _ in edges} - set(g)
+    g.add_nodes_from((m, {"op": MISSING_OP, "device": ""}) for m in missing)
+    g.add_edges_from((u, v, d) for (u, v), d in edges.items())
+    g.graph["data_edges"], g.graph["control_edges"] = n_data, n_control
     return g
 
 
-def to_networkx(graph_def: Any, *, functions: bool = True) -> GraphModel:
+def graph_of_nodes(nodes: Iterable[Any], *, args: Iterable[str] = (), rets: dict[str, str] | None = None
+                   ) -> "nx.DiGraph":
+    """One ``DiGraph`` from NodeDefs (see :func:`graph_of_rows`)."""
+    return graph_of_rows(node_table(nodes), args=args, rets=rets)
+
+
+def to_networkx(graph_def: Any, *, functions: bool = True, rows: list[NodeRow] | None = None) -> GraphModel:
     """The graph model of ``graph_def``: main graph plus each library function as its own subgraph."""
-    main = graph_of_nodes(graph_def.node)
+    main = graph_of_rows(rows if rows is not None else node_table(graph_def.node))
     fns: dict[str, Any] = {}
     if functions:
         for fdef in graph_def.library.function:
@@ -104,10 +146,15 @@ def to_networkx(graph_def: Any, *, functions: bool = True) -> GraphModel:
 
 
 def data_edges(g: "nx.DiGraph") -> int:
+    """Data edges of ``g``, one per (output port, input index) pair."""
+    if "data_edges" in g.graph:
+        return g.graph["data_edges"]
     return sum(len(d["data"]) for _, _, d in g.edges(data=True))
 
 
 def control_edges(g: "nx.DiGraph") -> int:
+    if "control_edges" in g.graph:
+        return g.graph["control_edges"]
     return sum(1 for _, _, d in g.edges(data=True) if d["control"])
 
 
@@ -160,10 +207,11 @@ def constant_info(node: Any) -> ConstantInfo | None:
         # Materialised strings are their bytes; a single string_val is broadcast to the shape.
         vals = t.string_val
         nbytes = sum(len(s) for s in vals) * (elements if len(vals) == 1 and elements > 1 else 1)
-    elif t.tensor_content:
-        nbytes = len(t.tensor_content)
-    else:
+    elif itemsize or not t.tensor_content:
+        # From the shape, not len(tensor_content): reading that field copies the whole weight.
         nbytes = elements * itemsize
+    else:
+        nbytes = len(t.tensor_content)
     return ConstantInfo(node.name, dtype, shape, elements, nbytes)
 
 
@@ -228,21 +276,19 @@ class GraphStats:
         }
 
 
-def op_histogram(graph_def: Any) -> dict[str, int]:
+def op_histogram(graph_def: Any, *, rows: list[NodeRow] | None = None) -> dict[str, int]:
     """Op -> count, most frequent first (ties by name)."""
-    counts = Counter(node.op for node in graph_def.node)
+    counts = Counter(r[1] for r in rows) if rows is not None else Counter(n.op for n in graph_def.node)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def infer_io(graph_def: Any) -> tuple[list[str], list[str]]:
+def infer_io(graph_def: Any, *, rows: list[NodeRow] | None = None) -> tuple[list[str], list[str]]:
     """Inputs (Placeholders) and outputs (nodes nothing reads, NoOps and Asserts aside) of a bare GraphDef."""
-    consumed: set[str] = set()
-    for node in graph_def.node:
-        for text in node.input:
-            consumed.add(parse_input(text)[0])
-    inputs = [n.name for n in graph_def.node if n.op in ("Placeholder", "PlaceholderV2")]
-    outputs = [n.name for n in graph_def.node
-               if n.name not in consumed and n.op not in ("NoOp", "Assert", "Placeholder", "PlaceholderV2")]
+    rows = rows if rows is not None else node_table(graph_def.node)
+    consumed = {source_of(t) for r in rows for t in r[3]}
+    inputs = [r[0] for r in rows if r[1] in ("Placeholder", "PlaceholderV2")]
+    outputs = [r[0] for r in rows
+               if r[0] not in consumed and r[1] not in ("NoOp", "Assert", "Placeholder", "PlaceholderV2")]
     return inputs, outputs
 
 
@@ -261,7 +307,7 @@ def reachable_to(g: "nx.DiGraph", roots: Iterable[str]) -> set[str]:
 
 def longest_path_length(g: "nx.DiGraph") -> int | None:
     """Edges on the longest path, or None if ``g`` has a cycle (Kahn's algorithm: one pass, no recursion)."""
-    indeg = {n: d for n, d in g.in_degree()}
+    indeg = {n: len(p) for n, p in g._pred.items()}
     depth = dict.fromkeys(g, 0)
     queue = deque(n for n, d in indeg.items() if d == 0)
     done = 0
@@ -281,11 +327,23 @@ def longest_path_length(g: "nx.DiGraph") -> int | None:
     return max(depth.values(), default=0)
 
 
-def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: int = LARGEST_CONSTANTS) -> GraphStats:
-    """Statistics of a :class:`Model` or a bare ``GraphDef`` (inputs/outputs then inferred)."""
+def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: int = LARGEST_CONSTANTS,
+            size_bytes: int | None = None) -> GraphStats:
+    """Statistics of a :class:`Model` or a bare ``GraphDef`` (inputs/outputs then inferred).
+
+    ``size_bytes`` passes a serialized size already known (the pipeline measures it
+    for every pass): with the upb protobuf runtime ``ByteSize()`` serializes the whole
+    graph, which on a 100 MB model costs more than the rest of the analysis.
+    """
+    with gc_paused():
+        return _analyze(source, graph, largest, size_bytes)
+
+
+def _analyze(source: Any, graph: GraphModel | None, largest: int, size_bytes: int | None) -> GraphStats:
     model = source if isinstance(source, Model) else None
     graph_def = model.graph_def if model else source
-    gm = graph or to_networkx(graph_def)
+    rows = node_table(graph_def.node)
+    gm = graph or to_networkx(graph_def, rows=rows)
     g = gm.main
 
     if model is not None:
@@ -294,7 +352,7 @@ def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: in
         outputs = [{"key": k, **v.to_dict()} for k, v in sig.outputs.items()]
         roots = set(sig.output_nodes) | {parse_input(n)[0] for n in model.init_ops}
     else:
-        in_names, out_names = infer_io(graph_def)
+        in_names, out_names = infer_io(graph_def, rows=rows)
         inputs = [{"key": None, "name": f"{n}:0", "dtype": None, "shape": None} for n in in_names]
         outputs = [{"key": None, "name": f"{n}:0", "dtype": None, "shape": None} for n in out_names]
         roots = set(out_names)
@@ -302,10 +360,11 @@ def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: in
     by_dtype: Counter = Counter()
     consts: list[ConstantInfo] = []
     params = 0
-    for node in graph_def.node:
-        if node.op != "Const":
+    nodes = graph_def.node
+    for i, row in enumerate(rows):
+        if row[1] != "Const":
             continue
-        info = constant_info(node)
+        info = constant_info(nodes[i])
         if info is None:
             continue
         consts.append(info)
@@ -315,12 +374,12 @@ def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: in
     consts_sorted = sorted(consts, key=lambda c: (-c.bytes, c.name))
 
     reach = reachable_to(g, roots)
-    unreachable = sorted(n for n, op in g.nodes(data="op") if n not in reach and op != MISSING_OP)
+    unreachable = sorted(r[0] for r in rows if r[0] not in reach)
     longest = longest_path_length(g)
     return GraphStats(
-        nodes=len(graph_def.node),
-        ops=op_histogram(graph_def),
-        size_bytes=graph_def.ByteSize(),
+        nodes=len(rows),
+        ops=op_histogram(graph_def, rows=rows),
+        size_bytes=graph_def.ByteSize() if size_bytes is None else size_bytes,
         const_bytes=sum(by_dtype.values()),
         const_bytes_by_dtype=dict(sorted(by_dtype.items(), key=lambda kv: -kv[1])),
         const_count=len(consts),
@@ -338,3 +397,48 @@ def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: in
         source=model.source if model else None,
         format=model.format if model else None,
     )
+
+
+# --- per-pass analysis in a pipeline run -----------------------------------------------
+
+
+class PassAnalysis:
+    """A plugin that runs :func:`analyze` before and after every pass of a pipeline run.
+
+    Register it on a host (``host.pm.register(PassAnalysis())``) and each run's
+    ``context.state["analysis"]`` becomes a list, one entry per successful pass,
+    of ``{"pass", "iteration", "before", "after"}`` with ``GraphStats.to_dict()``
+    values. The graph after one pass is the graph before the next, so each graph
+    is analysed once; ``last`` keeps the list of the latest run. Its cost is
+    measured in benchmarks/bench_analysis.py.
+    """
+
+    def __init__(self) -> None:
+        self._cache: tuple[Any, GraphStats] | None = None
+        self.last: list[dict[str, Any]] = []
+
+    def _stats(self, model: Model, size_bytes: int | None) -> GraphStats:
+        # The graph after one pass is the one before the next: the same GraphDef object. The cache
+        # holds the object itself (not its id, which a freed graph could hand on to a new one).
+        if self._cache is None or self._cache[0] is not model.graph_def:
+            self._cache = (model.graph_def, analyze(model, size_bytes=size_bytes))
+        return self._cache[1]
+
+    @hookimpl
+    def graphopt_pipeline_start(self, pipeline, model, context) -> None:
+        self._cache = None
+        self.last = context.state["analysis"] = []
+
+    @hookimpl
+    def graphopt_pass_finish(self, pass_, before, result, context) -> None:
+        # The pipeline appended this pass's record (sizes measured) just before this hook.
+        record = context.records[-1] if context.records else None
+        stats_before = self._stats(before, getattr(record, "size_before", None))
+        stats_after = (self._stats(result.model, getattr(record, "size_after", None)) if result.modified
+                       else stats_before)
+        context.state.setdefault("analysis", []).append({
+            "pass": pass_.name,
+            "iteration": getattr(record, "iteration", None),
+            "before": stats_before.to_dict(),
+            "after": stats_after.to_dict(),
+        })

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphopt.analysis import constant_info, op_histogram, parse_input
+from graphopt.analysis import NodeRow, constant_info, gc_paused, node_table, op_histogram, parse_input, source_of
 from graphopt.model import Model
 
 DIFF_SCHEMA_VERSION = 1
@@ -185,18 +185,19 @@ def _struct_key(node: Any, mapping: dict[str, str] | None, unknown: set[str] | N
     return node.op, tuple(data), tuple(sorted(ctrl)), content
 
 
-def _topological(nodes: list[Any]) -> list[Any]:
-    """Nodes with their inputs first; nodes on cycles (TF1 loops) follow in graph order."""
-    by_name = {n.name: n for n in nodes}
+def _topological(rows: list[NodeRow]) -> list[str]:
+    """Node names with their inputs first; nodes on cycles (TF1 loops) follow in graph order."""
+    names = {r[0] for r in rows}
     indeg: dict[str, int] = {}
     consumers: dict[str, list[str]] = {}
-    for n in nodes:
-        srcs = {parse_input(t)[0] for t in n.input}
-        srcs = {s for s in srcs if s in by_name}
-        indeg[n.name] = len(srcs)
-        for s in srcs:
-            consumers.setdefault(s, []).append(n.name)
-    queue = deque(n.name for n in nodes if indeg[n.name] == 0)
+    for name, _, _, inputs in rows:
+        srcs = {source_of(t) for t in inputs}
+        if not srcs <= names:
+            srcs &= names
+        indeg[name] = len(srcs)
+        for src in srcs:
+            consumers.setdefault(src, []).append(name)
+    queue = deque(r[0] for r in rows if indeg[r[0]] == 0)
     order: list[str] = []
     while queue:
         name = queue.popleft()
@@ -206,7 +207,7 @@ def _topological(nodes: list[Any]) -> list[Any]:
             if indeg[c] == 0:
                 queue.append(c)
     placed = set(order)
-    return [by_name[n] for n in order] + [n for n in nodes if n.name not in placed]
+    return order + [r[0] for r in rows if r[0] not in placed]
 
 
 def _attr_text(value: Any) -> str:
@@ -243,7 +244,7 @@ def _compare(a: Any, b: Any, mapping: dict[str, str]) -> NodeChange | None:
     return change
 
 
-def _neighbourhoods(a_nodes: dict[str, Any], b_nodes: dict[str, Any], a2b: dict[str, str],
+def _neighbourhoods(a_rows: list[NodeRow], b_rows: list[NodeRow], a2b: dict[str, str],
                     removed: list[str], added: list[str], changed: list[str]) -> list[Neighbourhood]:
     # One namespace: graph B's names for matched and added nodes, ("a", name) for removed ones.
     kind: dict[tuple[str, str], str] = {}
@@ -267,17 +268,17 @@ def _neighbourhoods(a_nodes: dict[str, Any], b_nodes: dict[str, Any], a2b: dict[
         return ("b", a2b[name]) if name in a2b else ("a", name)
 
     removed_set = set(removed)
-    for node in a_nodes.values():  # edges of A that touch a removed node, either end
-        for t in node.input:
-            src = parse_input(t)[0]
-            if src in removed_set or node.name in removed_set:
-                links.append((a_id(src), a_id(node.name)))
+    for name, _, _, inputs in a_rows:  # edges of A that touch a removed node, either end
+        for t in inputs:
+            src = source_of(t)
+            if src in removed_set or name in removed_set:
+                links.append((a_id(src), a_id(name)))
     touched = set(added) | set(changed)
-    for node in b_nodes.values():
-        for t in node.input:
-            src = parse_input(t)[0]
-            if src in touched or node.name in touched:
-                links.append((("b", src), ("b", node.name)))
+    for name, _, _, inputs in b_rows:
+        for t in inputs:
+            src = source_of(t)
+            if src in touched or name in touched:
+                links.append((("b", src), ("b", name)))
     boundary: dict[tuple[str, str], set[str]] = {}
     for u, v in links:
         if u in kind and v in kind:
@@ -301,7 +302,7 @@ def _neighbourhoods(a_nodes: dict[str, Any], b_nodes: dict[str, Any], a2b: dict[
     return out
 
 
-def _match(order: list[Any], b_nodes: dict[str, Any], a_nodes: dict[str, Any], a2b: dict[str, str],
+def _match(order: list[str], b_nodes: dict[str, Any], a_nodes: dict[str, Any], a2b: dict[str, str],
            *, relaxed: bool) -> None:
     """Extend ``a2b`` with unmatched nodes of A whose structural key an unmatched node of B shares.
 
@@ -318,7 +319,7 @@ def _match(order: list[Any], b_nodes: dict[str, Any], a_nodes: dict[str, Any], a
         if name not in matched_b:
             index.setdefault(_struct_key(node, None, unknown_b), deque()).append(name)
     if relaxed:
-        keys = {n.name: _struct_key(n, mapping, unknown_a) for n in order if n.name not in a2b}
+        keys = {n: _struct_key(a_nodes[n], mapping, unknown_a) for n in order if n not in a2b}
         counts: dict[tuple, int] = {}
         for k in keys.values():
             counts[k] = counts.get(k, 0) + 1
@@ -327,15 +328,15 @@ def _match(order: list[Any], b_nodes: dict[str, Any], a_nodes: dict[str, Any], a
             if counts[k] == 1 and cands is not None and len(cands) == 1:
                 a2b[name] = cands[0]
         return
-    for node in order:
-        if node.name in a2b:
+    for name in order:
+        if name in a2b:
             continue
-        candidates = index.get(_struct_key(node, a2b))
+        candidates = index.get(_struct_key(a_nodes[name], a2b))
         while candidates:
             cand = candidates.popleft()
             if cand not in matched_b:
                 matched_b.add(cand)
-                a2b[node.name] = cand
+                a2b[name] = cand
                 break
 
 
@@ -345,13 +346,19 @@ def _match(order: list[Any], b_nodes: dict[str, Any], a_nodes: dict[str, Any], a
 def diff_models(a: Model | Any, b: Model | Any, *, a_label: str | None = None, b_label: str | None = None,
                 structural: bool = True) -> GraphDiff:
     """Diff two Models or GraphDefs. ``structural=False`` matches by name only."""
+    with gc_paused():
+        return _diff(a, b, a_label, b_label, structural)
+
+
+def _diff(a: Any, b: Any, a_label: str | None, b_label: str | None, structural: bool) -> GraphDiff:
     ga, gb = _graph_def(a), _graph_def(b)
-    a_nodes = {n.name: n for n in ga.node}
-    b_nodes = {n.name: n for n in gb.node}
+    a_rows, b_rows = node_table(ga.node), node_table(gb.node)
+    a_nodes = dict(zip((r[0] for r in a_rows), ga.node))
+    b_nodes = dict(zip((r[0] for r in b_rows), gb.node))
     a2b = {n: n for n in a_nodes if n in b_nodes}
 
-    if structural:
-        order = _topological(list(ga.node))
+    if structural and len(a2b) < min(len(a_nodes), len(b_nodes)):  # something left to match on both sides
+        order = _topological(a_rows)
         for _ in range(_MAX_ROUNDS):
             # Strict matching resolves chains; relaxed matching cuts into loops, whose nodes then
             # let the next strict walk go on.
@@ -363,8 +370,8 @@ def diff_models(a: Model | Any, b: Model | Any, *, a_label: str | None = None, b
                 break
 
     matched_b = set(a2b.values())
-    removed = [(n, node.op) for n, node in a_nodes.items() if n not in a2b]
-    added = [(n, node.op) for n, node in b_nodes.items() if n not in matched_b]
+    removed = [(r[0], r[1]) for r in a_rows if r[0] not in a2b]
+    added = [(r[0], r[1]) for r in b_rows if r[0] not in matched_b]
     changed: list[NodeChange] = []
     for an, bn in a2b.items():
         c = _compare(a_nodes[an], b_nodes[bn], a2b)
@@ -379,11 +386,11 @@ def diff_models(a: Model | Any, b: Model | Any, *, a_label: str | None = None, b
         "removed": sorted(set(fa) - set(fb)),
         "changed": sorted(n for n in set(fa) & set(fb) if fa[n] != fb[n]),
     }
-    hoods = _neighbourhoods(a_nodes, b_nodes, a2b, [n for n, _ in removed], [n for n, _ in added],
+    hoods = _neighbourhoods(a_rows, b_rows, a2b, [n for n, _ in removed], [n for n, _ in added],
                             [c.name for c in changed])
     return GraphDiff(
-        a=GraphSide(a_label or _label(a, "A"), len(ga.node), ga.ByteSize(), op_histogram(ga)),
-        b=GraphSide(b_label or _label(b, "B"), len(gb.node), gb.ByteSize(), op_histogram(gb)),
+        a=GraphSide(a_label or _label(a, "A"), len(a_rows), ga.ByteSize(), op_histogram(ga, rows=a_rows)),
+        b=GraphSide(b_label or _label(b, "B"), len(b_rows), gb.ByteSize(), op_histogram(gb, rows=b_rows)),
         added=sorted(added), removed=sorted(removed), changed=changed,
         unchanged=len(a2b) - len(changed), neighbourhoods=hoods, functions=functions,
     )

@@ -182,3 +182,23 @@ def test_stats_is_a_dataclass_with_the_issue_keys(seed):
     for key in ("nodes", "ops", "size_bytes", "const_bytes", "inputs", "outputs", "unreachable", "longest_path",
                 "num_functions", "parameter_count", "const_bytes_by_dtype"):
         assert key in data
+
+
+def test_pass_analysis_plugin_records_stats_around_every_pass(seed):
+    from graphopt.analysis import PassAnalysis
+    from graphopt.pipeline import Pipeline
+    from graphopt.plugins import Host
+
+    host = Host.create(plugins=False)
+    plugin = PassAnalysis()
+    host.pm.register(plugin)
+    model, facts = seed
+    result = Pipeline.parse("gtt-seed", host=host).run(model)
+    entries = plugin.last
+    assert [e["pass"] for e in entries] == [r.name for r in result.records]
+    for entry, rec in zip(entries, result.records):
+        assert entry["before"]["nodes"] == rec.nodes_before and entry["after"]["nodes"] == rec.nodes_after
+        assert entry["after"]["size_bytes"] == rec.size_after
+    strip = next(e for e in entries if e["pass"] == "strip_unused_nodes")
+    assert set(facts["train"]) <= set(strip["before"]["unreachable"]) and strip["after"]["unreachable"] == []
+    assert entries[-1]["after"]["cyclic"] is True  # the TF1 loop survives the seed list

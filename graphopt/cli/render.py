@@ -195,18 +195,18 @@ def render_inspect(console: Console, stats: "GraphStats", *, limit: int = MAX_RO
 
 
 def diff_summary_text(diff: "GraphDiff") -> Text:
-    """The one-line summary: coloured -removed +added ~changed, nodes and size before -> after."""
+    """The one-line summary: coloured -removed +added ~changed, then nodes and size before -> after."""
     t = Text()
     t.append(f"-{len(diff.removed)} removed", style="red")
-    t.append(" ")
+    t.append(", ")
     t.append(f"+{len(diff.added)} added", style="green")
-    t.append(" ")
+    t.append(", ")
     t.append(f"~{len(diff.changed)} changed", style="yellow")
     if diff.renamed:
         t.append(f" ({diff.renamed} renamed)", style="yellow")
-    t.append(f" ={diff.unchanged}", style="dim")
-    t.append(f" | nodes {diff.a.nodes}→{diff.b.nodes} | {human_bytes(diff.a.size_bytes)} → "
-             f"{human_bytes(diff.b.size_bytes)} ({_pct(diff.a.size_bytes, diff.b.size_bytes)})")
+    t.append(f" (={diff.unchanged})", style="dim")
+    t.append(f" · {diff.a.nodes}→{diff.b.nodes} nodes · {human_bytes(diff.a.size_bytes)}→"
+             f"{human_bytes(diff.b.size_bytes)} {_pct(diff.a.size_bytes, diff.b.size_bytes)}")
     return t
 
 
@@ -263,9 +263,8 @@ def _change_line(c: "NodeChange") -> Text:
 
 def render_diff(console: Console, diff: "GraphDiff", *, limit: int = MAX_ROWS, neighbourhoods: int = 10) -> None:
     """Summary line, the two op histograms side by side, then the changed neighbourhoods."""
-    title = Text(f"{diff.a.label} → {diff.b.label}", style="bold")
-    console.print(title)
     console.print(diff_summary_text(diff))
+    console.print(Text(f"A: {diff.a.label}\nB: {diff.b.label}", style="dim"), overflow="fold")
     if diff.identical:
         console.print(Text("the graphs are identical", style="green"))
         return
