@@ -374,27 +374,33 @@ _CHILD = ("import os, sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2'); i
           "from graphopt.bench import _cold_child; _cold_child(sys.argv[1])")
 
 
-def cold_start(spec: Mapping[str, Any], feeds_file: Path, *, repeats: int = 1, timeout: float = 900) -> ColdStart:
-    """Load + first inference in ``repeats`` fresh processes; medians of each figure."""
-    results = []
+def cold_run(spec: Mapping[str, Any], feeds_file: Path, *, timeout: float = 900) -> dict[str, Any]:
+    """One fresh process: load + first inference of one model; the raw figures."""
     with tempfile.TemporaryDirectory(prefix="graphopt-cold-") as tmp:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps({**spec, "feeds": str(feeds_file)}))
-        for _ in range(repeats):
-            try:
-                proc = subprocess.run([sys.executable, "-c", _CHILD, str(spec_file)], capture_output=True, text=True,
-                                      timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-            except subprocess.TimeoutExpired:
-                raise InputError(f"cold start did not finish within {timeout:.0f} s", where=spec["path"]) from None
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("GRAPHOPT_COLD ")), None)
-            if proc.returncode != 0 or line is None:
-                tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
-                raise InputError(f"cold-start process failed (exit {proc.returncode}): {tail}", where=spec["path"],
-                                 hint="rerun with --debug, or bench with --no-cold")
-            results.append(json.loads(line[len("GRAPHOPT_COLD "):]))
+        try:
+            proc = subprocess.run([sys.executable, "-c", _CHILD, str(spec_file)], capture_output=True, text=True,
+                                  timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        except subprocess.TimeoutExpired:
+            raise InputError(f"cold start did not finish within {timeout:.0f} s", where=spec["path"]) from None
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("GRAPHOPT_COLD ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        raise InputError(f"cold-start process failed (exit {proc.returncode}): {tail}", where=spec["path"],
+                         hint="rerun with --debug, or bench with --no-cold")
+    return json.loads(line[len("GRAPHOPT_COLD "):])
+
+
+def cold_start(spec: Mapping[str, Any], feeds_file: Path, *, repeats: int = 1, timeout: float = 900) -> ColdStart:
+    """Load + first inference in ``repeats`` fresh processes; medians of each figure."""
+    return _median_cold([cold_run(spec, feeds_file, timeout=timeout) for _ in range(repeats)])
+
+
+def _median_cold(results: Sequence[Mapping[str, Any]]) -> ColdStart:
     med = lambda k: statistics.median(r[k] for r in results)  # noqa: E731
     return ColdStart(load_s=med("load_s"), first_run_s=med("first_run_s"), peak_rss_bytes=int(med("peak_rss_bytes")),
-                     rss_after_bytes=int(med("rss_after_bytes")), method=results[0]["method"], repeats=repeats)
+                     rss_after_bytes=int(med("rss_after_bytes")), method=results[0]["method"], repeats=len(results))
 
 
 def warm_latency(sessions: Sequence[_ServingSession], feeds: Sequence[Mapping[str, np.ndarray]], *, runs: int,
@@ -478,10 +484,16 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
                                       const_bytes=_const_bytes(t.model), grappler=g))
         specs = [_session_spec(t, c, tags) for t, (c, _) in zip(targets, configs)]
         if cold:
-            for i, (spec, res) in enumerate(zip(specs, results)):
-                feeds_file = tmp / f"feeds{i}.npz"
-                np.savez(feeds_file, **feeds[i])
-                res.cold = cold_start(spec, feeds_file, repeats=cold_repeats)
+            files = []
+            for i, f in enumerate(feeds):
+                files.append(tmp / f"feeds{i}.npz")
+                np.savez(files[-1], **f)
+            runs_by_model: list[list[dict]] = [[] for _ in specs]
+            for _ in range(cold_repeats):  # round-robin, so drifting background load hits every model alike
+                for i, spec in enumerate(specs):
+                    runs_by_model[i].append(cold_run(spec, files[i]))
+            for res, cold_runs in zip(results, runs_by_model):
+                res.cold = _median_cold(cold_runs)
         if warm:
             sessions = []
             try:
