@@ -98,7 +98,7 @@ class DemoResult:
 
         out = dataclasses.asdict(self)
         for o, d in zip(self.optimizations, out["optimizations"]):
-            d["max_diff"] = o.max_diff
+            d["max_diff"] = None if o.error else o.max_diff  # no NaN: it is not JSON
         return out
 
 

@@ -23,8 +23,8 @@ def run(args, ctx) -> int:
     from rich.markup import escape
 
     from graphopt import transform_spec
-    from graphopt.errors import VerificationError
     from graphopt.demo.workflow import SEED_TRANSFORMS, run_workflow
+    from graphopt.errors import VerificationError
 
     own_dir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="graphopt-demo-")) if own_dir else Path(args.workdir)
@@ -40,7 +40,7 @@ def run(args, ctx) -> int:
 
     def progress(step) -> None:
         mark = "[green]✓[/]" if step.ok else "[red]✗[/]"
-        out.print(f"  {mark} {escape(step.name):<24} {escape(step.detail)} [dim]({step.seconds:.1f}s)[/]",
+        out.print(f"  {mark} {escape(step.name.ljust(24))} {escape(step.detail)} [dim]({step.seconds:.1f}s)[/]",
                   highlight=False, soft_wrap=True)
 
     try:
@@ -50,10 +50,10 @@ def run(args, ctx) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         ctx.console.print_json(json.dumps(result.to_dict(), default=str))
-        return 0
-    _render(ctx.console, result)
-    if own_dir and args.keep or not own_dir:
-        ctx.console.print(f"\nkept: {workdir} (module/, models/1 as-is, models/2.. optimized)", highlight=False)
+    else:
+        _render(ctx.console, result)
+        if own_dir and args.keep or not own_dir:
+            ctx.console.print(f"\nkept: {workdir} (module/, models/1 as-is, models/2.. optimized)", highlight=False)
     seed = result.seed
     if seed.max_diff > MAX_DIFF or not seed.classes_equal:
         # the seed's list is lossless: a real difference means a transform broke the graph
