@@ -118,15 +118,15 @@ def write_saved_model(model: Model, directory: str | os.PathLike) -> Path:
         tf.graph_util.import_graph_def(model.graph_def, name="")
         sig = model.signature
         inputs, outputs = {}, {}
-        for key, spec in sig.inputs.items():
-            info = _tensor_info(graph, spec.name)
-            if spec.shape is not None and info.tensor_shape.unknown_rank:
-                # Keep the loaded signature's shape even if the graph lost it (e.g. a pass cleared _output_shapes).
-                info.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
-                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in spec.shape]))
-            inputs[key] = info
-        for key, spec in sig.outputs.items():
-            outputs[key] = _tensor_info(graph, spec.name)
+        for specs, infos in ((sig.inputs, inputs), (sig.outputs, outputs)):
+            for key, spec in specs.items():
+                info = _tensor_info(graph, spec.name)
+                if spec.shape is not None and info.tensor_shape.unknown_rank:
+                    # Keep the loaded signature's shape where the graph lost it (shape inference
+                    # cannot see through some ops, e.g. function calls after a pass rewrote them).
+                    info.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
+                        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in spec.shape]))
+                infos[key] = info
         signature_def = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
             inputs=inputs, outputs=outputs, method_name=sig.method_name)
         main_op = None

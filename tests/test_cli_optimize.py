@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import models
+from conftest import run_subprocess
 from graphopt.loaders import load
 from graphopt.runtime import random_inputs, run_model
 
@@ -128,3 +129,22 @@ def test_string_lookup_model_still_answers_after_optimize(model_path, tmp_path, 
     served = tf.saved_model.load(str(out), tags=["serve"]).signatures["serving_default"]
     got = served(words=tf.constant(data["words"].astype(object)))["output_0"].numpy()
     np.testing.assert_allclose(got, data["expected"], rtol=1e-5, atol=1e-6)
+
+
+def test_config_file_gives_the_pipeline(model_path, tmp_path, cli):
+    src = model_path("frozen.pb", models.frozen_graph)
+    config = tmp_path / "graphopt.toml"
+    config.write_text('transforms = "strip_unused_nodes fold_constants(ignore_errors=true)"\n')
+    code, _, err = cli("optimize", src, "-o", tmp_path / "out.pbtxt", "--config", config, "--outputs", "prob,peak")
+    assert code == 0, err
+    assert "strip_unused_nodes: " in err and "fold_constants: " in err and "merge_duplicate_nodes" not in err
+    assert (tmp_path / "out.pbtxt").read_text().startswith("node {")
+    code, _, err = cli("optimize", src, "-o", tmp_path / "o2", "--config", config, "--transforms", "fold_constants")
+    assert code == 2 and "not both" in err
+
+
+def test_subprocess_error_is_one_paragraph(tmp_path):
+    proc = run_subprocess("optimize", tmp_path / "missing.pb", "-o", tmp_path / "out", timeout=120)
+    assert proc.returncode == 3
+    assert "Traceback" not in proc.stderr and "model path does not exist" in proc.stderr
+    assert not (tmp_path / "out").exists()
