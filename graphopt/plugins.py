@@ -27,7 +27,7 @@ from typing import Any, Callable
 import pluggy
 
 from graphopt import hookspecs
-from graphopt.errors import PluginError, UsageError
+from graphopt.errors import GraphoptError, PluginError, UsageError
 
 ENTRY_POINT_GROUP = "graphopt"
 ENV_NO_PLUGINS = "GRAPHOPT_NO_PLUGINS"
@@ -124,7 +124,13 @@ class Registry:
     def create(self, name: str, options: dict[str, Any] | None = None) -> Any:
         """Build a pass by name from raw option values (strings from a transform string, or Python values)."""
         info = self.pass_info(name)
-        instance = info.cls(**(options or {}))
+        try:
+            instance = info.cls(**(options or {}))
+        except GraphoptError:
+            raise
+        except Exception as exc:  # a plugin's constructor bug: name it, do not let it escape raw
+            raise PluginError(f"pass '{name}' could not be created: {type(exc).__name__}: {exc}",
+                              where=f"plugin {info.origin}", hint="report it to the plugin's authors") from exc
         instance.origin = info.origin
         return instance
 

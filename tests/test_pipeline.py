@@ -352,3 +352,23 @@ def test_a_plugin_can_wrap_the_whole_pipeline(host, model):
     with pytest.raises(PassError):
         Pipeline.parse("test_raise", host=around).run(model)
     assert seen[-1][0] == "failed" and "boom" in seen[-1][1]
+
+
+def test_a_pass_whose_constructor_breaks_is_named():
+    class Fragile(Pass):
+        name = "test_fragile"
+        description = "Its constructor has a bug."
+
+        def __init__(self, **options):
+            super().__init__(**options)
+            raise KeyError("oops")
+
+    class Provider:
+        @hookimpl
+        def register_passes(self, register):
+            register(Fragile)
+
+    host = Host.create(plugins=True, allow=["fragile"], extra=[("fragile", Provider())])
+    with pytest.raises(PluginError) as info:
+        Pipeline.parse("test_fragile", host=host)
+    assert "test_fragile" in info.value.message and "fragile" in info.value.where
