@@ -416,3 +416,14 @@ def tables_in_loop_saved_model(path):
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     np.savez(str(path) + ".expected.npz", ids=ids, name=expected["name"].numpy().astype(bytes),
              acc=expected["acc"].numpy())
+
+
+def string_lookup_keras_file(path):
+    """:func:`string_lookup_keras_model` saved as a ``.keras`` file; expected outputs in ``<path>.expected.npz``."""
+    import numpy as np
+
+    model = string_lookup_keras_model()
+    words = np.array([["apple", "date", "zzz"], ["cherry", "banana", "apple"]], dtype=object)
+    expected = np.asarray(model(words.astype(str)))
+    model.save(str(path))
+    np.savez(str(path) + ".expected.npz", words=words.astype(bytes), expected=expected)

@@ -271,3 +271,13 @@ def test_tf2_tables_of_other_dtypes_read_inside_a_while_loop(model_path, tmp_pat
     assert out["name"].tolist() == data["name"].tolist() == [b"one", b"three", b"?", b"two"]
     np.testing.assert_allclose(out["acc"], data["acc"])
     roundtrip(model, tmp_path, feeds)
+
+
+def test_keras_file_with_string_lookup(model_path, tmp_path):
+    path = model_path("lookup.keras", models.string_lookup_keras_file)
+    data = np.load(str(path) + ".expected.npz", allow_pickle=True)
+    feeds = {"words": data["words"].astype(object)}
+    model = load(path)
+    assert len(model.init_ops) == 1 and list(model.signature.outputs) == ["scores"]
+    np.testing.assert_allclose(run_model(model, feeds)["scores"], data["expected"], rtol=1e-5, atol=1e-6)
+    roundtrip(model, tmp_path, feeds)
