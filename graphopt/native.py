@@ -199,6 +199,23 @@ def _restore_input_placeholders(before: Model, graph_def: Any) -> None:
         node.attr["shape"].shape.CopyFrom(shape.as_proto())
 
 
+def _same_graph_ignoring_order(a: Any, b: Any) -> bool:
+    if len(a.node) != len(b.node) or a.library != b.library or a.versions != b.versions:
+        return False
+    nodes = {n.name: n for n in b.node}
+    # Protobuf equality compares field by field in C++: no need to serialise either graph.
+    return all(nodes.get(n.name) == n for n in a.node)
+
+
+def _in_execution_order(graph_def: Any) -> bool:
+    seen: set[str] = set()
+    for node in graph_def.node:
+        if any(node_name(i) not in seen for i in node.input):
+            return False
+        seen.add(node.name)
+    return True
+
+
 _GTT_BARE = re.compile(r"^[A-Za-z0-9_./\-]+$")
 
 
@@ -265,8 +282,13 @@ class NativeTransform(Pass):
             graph_def.versions.CopyFrom(model.graph_def.versions)
         if auto_inputs:
             _restore_input_placeholders(model, graph_def)
-        # Protobuf equality compares field by field in C++: no need to serialise both graphs again.
-        modified = graph_def != model.graph_def
+        if self.native_name == "sort_by_execution_order":
+            # GTT's sort is not stable (run twice, it swaps ties back): "changed" means "was not sorted".
+            modified = not _in_execution_order(model.graph_def)
+        else:
+            # GTT re-emits nodes in a different order even when nothing changed (fold_constants does);
+            # order carries no meaning, and counting it as a change would keep repeat groups spinning.
+            modified = not _same_graph_ignoring_order(graph_def, model.graph_def)
         before_ops, after_ops = len(model.graph_def.node), len(graph_def.node)
         counters = {"nodes_removed": max(0, before_ops - after_ops), "nodes_added": max(0, after_ops - before_ops)}
         return PassResult(model.with_graph(graph_def), modified=modified, counters=counters)

@@ -287,3 +287,23 @@ def test_native_pass_classes_are_native_transforms(host):
         info = host.registry.passes[name]
         assert issubclass(info.cls, NativeTransform) and info.origin.kind == "native"
         assert info.cls.description
+
+
+def test_node_order_alone_is_not_a_change_so_repeat_groups_converge(host, conv_model):
+    # GTT's fold_constants re-emits nodes in another order even when it folds nothing more.
+    result = _run(conv_model, "{ fold_constants }*5", host)
+    assert [r.status for r in result.records] == ["applied", "unchanged"]
+
+
+def test_sort_by_execution_order_changes_only_an_unsorted_graph(host, conv_model):
+    shuffled = conv_model.copy()
+    nodes = list(shuffled.graph_def.node)[::-1]
+    del shuffled.graph_def.node[:]
+    shuffled.graph_def.node.extend(nodes)
+    result = _run(shuffled, "{ sort_by_execution_order }*5", host)
+    assert [r.status for r in result.records] == ["applied", "unchanged"]
+    seen = set()
+    for node in result.model.graph_def.node:
+        assert all(i.lstrip("^").split(":")[0] in seen for i in node.input)
+        seen.add(node.name)
+    assert [r.status for r in _run(conv_model, "sort_by_execution_order", host).records] == ["unchanged"]
