@@ -199,6 +199,20 @@ def _restore_input_placeholders(before: Model, graph_def: Any) -> None:
         node.attr["shape"].shape.CopyFrom(shape.as_proto())
 
 
+def _restore_subgraph(original: Any, graph_def: Any, roots: list[str]) -> None:
+    """Put back the nodes ``roots`` need (transitively) that a transform dropped, as they were."""
+    present = {n.name for n in graph_def.node}
+    by_name = {n.name: n for n in original.node}
+    todo = [r for r in roots if r not in present]
+    while todo:
+        name = todo.pop()
+        if name in present or name not in by_name:
+            continue
+        graph_def.node.add().CopyFrom(by_name[name])
+        present.add(name)
+        todo.extend(node_name(i) for i in by_name[name].input)
+
+
 def _same_graph_ignoring_order(a: Any, b: Any) -> bool:
     if len(a.node) != len(b.node) or a.library != b.library or a.versions != b.versions:
         return False
@@ -265,8 +279,12 @@ class NativeTransform(Pass):
         spec = gtt_step(self.native_name, args)
         sig = model.signature
         inputs = ",".join(sig.input_nodes)
-        # Init ops are outputs too: fold_constants and strip_unused_nodes drop whatever outputs do not reach.
-        outputs = ",".join(dict.fromkeys(sig.output_nodes + [node_name(op) for op in model.init_ops]))
+        # Init ops are outputs too: strip_unused_nodes and the like drop whatever outputs do not reach.
+        # fold_constants cannot take them (it fetches its outputs, and a table initialiser's NoOp
+        # produces nothing to fetch): it runs without them, and their subgraph is put back after.
+        init_nodes = [node_name(op) for op in model.init_ops]
+        fetchable_only = self.native_name == "fold_constants"
+        outputs = ",".join(dict.fromkeys(sig.output_nodes + ([] if fetchable_only else init_nodes)))
         transform = _binding()
         try:
             out_bytes = transform(model.graph_def.SerializeToString(), inputs, outputs, spec)
@@ -282,6 +300,8 @@ class NativeTransform(Pass):
             graph_def.versions.CopyFrom(model.graph_def.versions)
         if auto_inputs:
             _restore_input_placeholders(model, graph_def)
+        if fetchable_only and init_nodes:
+            _restore_subgraph(model.graph_def, graph_def, init_nodes)
         if self.native_name == "sort_by_execution_order":
             # GTT's sort is not stable (run twice, it swaps ties back): "changed" means "was not sorted".
             modified = not _in_execution_order(model.graph_def)

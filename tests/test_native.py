@@ -307,3 +307,43 @@ def test_sort_by_execution_order_changes_only_an_unsorted_graph(host, conv_model
         assert all(i.lstrip("^").split(":")[0] in seen for i in node.input)
         seen.add(node.name)
     assert [r.status for r in _run(conv_model, "sort_by_execution_order", host).records] == ["unchanged"]
+
+
+def test_table_initialisers_survive_as_init_ops(host):
+    """Init ops are passed to GTT as outputs, so strip_unused_nodes and fold_constants keep them."""
+    import tensorflow as tf
+
+    init_ops = []
+
+    def build(words):
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(["a", "b", "c"]), tf.constant([1, 2, 3], tf.int64)), -1)
+        init_ops.append(tf.compat.v1.tables_initializer(name="init_all_tables").name)
+        return {"ids": tf.identity(table.lookup(words) * 2, name="ids")}
+
+    model = graph_model(build, {"words": (tf.string, (None,))}, init_ops=init_ops)
+    model.init_ops.extend(init_ops)
+    feeds = {"words": np.array([b"a", b"c", b"zz"], dtype=object)}
+    before = _outputs(model, feeds)
+    result = _run(model, "strip_unused_nodes fold_constants(ignore_errors=true) remove_nodes(op=Identity) "
+                         "merge_duplicate_nodes", host)
+    assert all(r.status in ("applied", "unchanged") for r in result.records), [r.error for r in result.records]
+    assert "init_all_tables" in {n.name for n in result.model.graph_def.node}
+    np.testing.assert_array_equal(_outputs(result.model, feeds)["ids"], before["ids"])
+    np.testing.assert_array_equal(before["ids"], [2, 6, -2])
+
+
+def test_strip_unused_nodes_with_an_input_of_unknown_rank(host):
+    import tensorflow as tf
+
+    from graphopt.model import Signature, TensorSpec
+
+    model = graph_model(lambda raw: {"y": tf.identity(tf.identity(raw, name="image") + 1, name="y")},
+                        {"raw": (tf.int32, None)})
+    model = model.replace(signature=Signature({"image": TensorSpec("image:0", "int32", None)},
+                                              model.signature.outputs))
+    result = _run(model, "strip_unused_nodes", host)
+    image = next(n for n in result.model.graph_def.node if n.name == "image")
+    assert image.op == "Placeholder" and image.attr["shape"].shape.unknown_rank
+    feeds = {"image": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    np.testing.assert_array_equal(_outputs(result.model, feeds)["y"], feeds["image"] + 1)
