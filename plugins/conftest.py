@@ -18,8 +18,12 @@ def install_plugins() -> None:
     """``pip install --no-deps --no-build-isolation -e plugins/<x>`` for each plugin not yet importable."""
     missing = [folder for folder, module in PACKAGES.items() if importlib.util.find_spec(module) is None]
     for folder in missing:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                               "-e", str(PLUGINS / folder)], capture_output=True, text=True, timeout=600)
+        base = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        proc = subprocess.run(base + ["--no-build-isolation", "-e", str(PLUGINS / folder)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 and importlib.util.find_spec("setuptools") is None:
+            # Python >= 3.12 venvs have no setuptools to build with in place: let pip fetch it.
+            proc = subprocess.run(base + ["-e", str(PLUGINS / folder)], capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             pytest.fail(f"could not install {folder}:\n{proc.stdout}\n{proc.stderr}")
     if missing:
