@@ -296,3 +296,15 @@ def test_a_failing_pass_writes_nothing_unless_keep_going(cli, metadata_pb, tmp_p
     report = _optimize(cli, metadata_pb, out, "--transforms", bad, "--keep-going")
     assert [p["status"] for p in report["passes"]] == ["applied", "rolled_back", "applied"]
     assert out.exists()
+
+
+def test_passes_name_shows_one_pass_or_preset(cli):
+    code, out, _ = cli("passes", "strip_metadata")
+    assert code == 0 and "graphopt-strip-metadata 0.1.0" in out and "devices" in out and "ignore_errors" in out
+    code, out, _ = cli("passes", "remove_nodes", "--json")
+    row = _json(out)
+    assert row["name"] == "remove_nodes" and row["options"]["op"]["required"] is True
+    code, out, _ = cli("passes", "strip-and-merge")
+    assert code == 0 and "strip_metadata strip_unused_nodes merge_duplicate_nodes" in out
+    code, _, err = cli("passes", "fold_constant")
+    assert code == 2 and "fold_constants" in err
