@@ -663,3 +663,17 @@ def test_seed_client_code_against_demo_detector(demo_base):
         got = tf.make_ndarray(response.outputs[key])
         assert got.shape == want.shape and got.shape[0] == 1
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_export_failure_leaves_nothing_behind(tmp_path):
+    """A graph TensorFlow cannot import fails as an OutputError and leaves no version or temporary directory."""
+    from graphopt.serving.export import export_versioned
+
+    model = dense_model()
+    broken = model.copy()
+    broken.graph_def.node[-1].input.append("does_not_exist:0")
+    base = tmp_path / "m"
+    export_versioned(model, base, warmup=False)
+    with pytest.raises(OutputError, match="cannot write SavedModel"):
+        export_versioned(broken, base)
+    assert sorted(p.name for p in base.iterdir()) == ["1"]

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from graphopt.errors import OutputError, UsageError
+from graphopt.errors import GraphoptError, OutputError, UsageError
 from graphopt.model import Model
 from graphopt.serving import large, warmup as warmup_mod
 
@@ -33,16 +33,20 @@ def next_version(base: str | Path) -> int:
     return found[-1] + 1 if found else 1
 
 
-def _write_saved_model(model: Model, export_dir: Path, variables_threshold: int) -> dict:
+def _write_saved_model(model: Model, export_dir: Path, variables_threshold: int) -> None:
     if large.needs_variables(model, variables_threshold):
-        return large.write_with_variables(model, export_dir)
+        large.write_with_variables(model, export_dir)
+        return
+    from graphopt.savers import write_saved_model
+
     try:
-        from graphopt.savers import write_saved_model
-    except ImportError:
-        # Until the savers module exists the same writer serves, keeping every constant in the graph.
-        return large.write_with_variables(model, export_dir, min_bytes=large.PROTOBUF_LIMIT)
-    write_saved_model(model, export_dir)
-    return {"variables": 0, "variable_bytes": 0}
+        write_saved_model(model, export_dir)
+    except GraphoptError:
+        raise
+    except Exception as exc:  # the writer lets TensorFlow's own errors through: one message for the user
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise OutputError(f"cannot write SavedModel: {type(exc).__name__}: {first_line}",
+                          where=str(export_dir)) from exc
 
 
 def export_versioned(model: Model, base: str | Path, version: int | None = None, *, warmup: bool = True,
