@@ -10,7 +10,8 @@ import pytest
 from graphopt import serving_config
 from graphopt.errors import PassError, UsageError
 from graphopt.model import Model, Signature, TensorSpec
-from graphopt.passes.grappler import GrapplerOptimize, _optimize_in_child, build_meta_graph, grappler_config
+from graphopt.passes.grappler import (GrapplerOptimize, _optimize_in_child, build_meta_graph, grappler_config,
+                                      non_portable_nodes, onednn_enabled)
 from graphopt.pipeline import Pipeline
 from graphopt.runtime import random_inputs, run_model, session_config
 
@@ -98,10 +99,72 @@ def test_matmul_fusion_and_init_ops_survive():
 
 def test_isolated_child_gives_the_same_graph(mobilenet):
     model = mobilenet[0]
-    here = GrapplerOptimize(isolate="never").run(model.copy())
-    child = GrapplerOptimize(isolate="always").run(model.copy())
+    here = GrapplerOptimize(isolate="never", onednn="current").run(model.copy())
+    child = GrapplerOptimize(isolate="always", onednn="current").run(model.copy())
     assert child.counters["isolated"] == 1 and here.counters["isolated"] == 0
     assert ops(child.model) == ops(here.model)
+
+
+def _run_in_fresh_process(model, feeds, onednn: str):
+    """Outputs of ``model`` run with runtime Grappler off in a new process with TF_ENABLE_ONEDNN_OPTS=onednn."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    code = ("import pickle, sys\n"
+            "from graphopt.runtime import run_model, session_config\n"
+            "model, feeds = pickle.load(open(sys.argv[1], 'rb'))\n"
+            "out = run_model(model, feeds, config=session_config(grappler=False))\n"
+            "pickle.dump(out, open(sys.argv[1], 'wb'))\n")
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        pickle.dump((model, feeds), f)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, f.name], capture_output=True, text=True,
+                              env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2"))
+        assert proc.returncode == 0, proc.stderr[-1500:]
+        with open(f.name, "rb") as g:
+            return pickle.load(g)
+    finally:
+        os.unlink(f.name)
+
+
+def test_default_graph_runs_on_servers_with_and_without_onednn(mobilenet):
+    # oneDNN-only fusions (Conv + BiasAdd + Add) fail on a oneDNN-off server with "Fusion is not implemented":
+    # the default (onednn=off) leaves them out, whatever this process runs.
+    model, feeds, ref = mobilenet
+    out = GrapplerOptimize().run(model.copy()).model
+    fused = [list(n.attr["fused_ops"].list.s) for n in out.graph_def.node if n.op.startswith("_Fused")]
+    assert all(set(f) <= {b"BiasAdd", b"Relu", b"Relu6", b"Elu", b"LeakyRelu"} for f in fused)
+    assert not non_portable_nodes(out.graph_def)
+    assert out.metadata["grappler_onednn"] is False
+    for setting in ("0", "1"):
+        got = _run_in_fresh_process(out, feeds, setting)["output"]
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif("not __import__('graphopt.passes.grappler').passes.grappler.onednn_enabled()",
+                    reason="oneDNN-only fusions appear only where oneDNN is on")
+def test_onednn_fusions_are_split_into_portable_ops(mobilenet):
+    from graphopt.passes.grappler import split_onednn_fusions
+
+    model, feeds, ref = mobilenet
+    folded = Pipeline.parse("fold_all_batch_norms").run(model).model
+    native = GrapplerOptimize(onednn="on").run(folded.copy()).model
+    # [BiasAdd, Add] fusions of the residual blocks and fused depthwise convs
+    assert non_portable_nodes(native.graph_def)
+    graph_def = type(native.graph_def)()
+    graph_def.CopyFrom(native.graph_def)
+    assert split_onednn_fusions(graph_def) == len(non_portable_nodes(native.graph_def))
+    assert not non_portable_nodes(graph_def)
+    portable = native.with_graph(graph_def)
+    assert ops(portable)["_FusedDepthwiseConv2dNative"] == 0 < ops(native)["_FusedDepthwiseConv2dNative"]
+    assert ops(portable)["_FusedConv2D"] == ops(native)["_FusedConv2D"]
+    np.testing.assert_allclose(_run_in_fresh_process(portable, feeds, "0")["output"], ref, rtol=1e-4, atol=1e-6)
+    default = GrapplerOptimize().run(folded.copy())
+    assert default.counters["onednn_fusions_split"] > 0 and default.counters["isolated"] == 0
+    assert ops(default.model) == ops(portable)
 
 
 def test_a_placeholder_without_dtype_is_refused_before_grappler_can_abort():
@@ -184,10 +247,11 @@ def test_serving_preset_beats_gtt_and_grappler_on_a_keras_model(mobilenet):
     grappler = Pipeline.parse("grappler_optimize").run(model).model
     out = serving.model
     c = ops(out)
-    # every conv is a fused kernel: batch norms after depthwise convs folded too (Grappler alone leaves them)
-    assert c["Conv2D"] == c["DepthwiseConv2dNative"] == c["Mul"] == c["AddV2"] == 0
-    assert c["_FusedConv2D"] >= 30 and c["_FusedDepthwiseConv2dNative"] >= 15
-    assert ops(grappler)["DepthwiseConv2dNative"] > 0
+    # every batch norm folded (Grappler alone leaves those after depthwise convs as Mul/Add), every Conv2D a
+    # portable fused kernel; depthwise convs keep a plain BiasAdd (their fused kernel needs oneDNN)
+    assert c["Conv2D"] == c["Mul"] == c["_FusedDepthwiseConv2dNative"] == 0
+    assert c["_FusedConv2D"] >= 30 and c["DepthwiseConv2dNative"] == c["BiasAdd"] >= 15
+    assert ops(grappler)["Mul"] > 0
     assert len(out.graph_def.node) <= min(len(gtt.graph_def.node), len(grappler.graph_def.node))
     assert out.size_bytes <= min(gtt.size_bytes, grappler.size_bytes)
     assert not serving.lossy

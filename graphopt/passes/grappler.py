@@ -110,13 +110,22 @@ def _optimize_here(config_bytes: bytes, meta_bytes: bytes) -> bytes:
     return tf_optimizer.OptimizeGraph(config, meta, verbose=False).SerializeToString()
 
 
-def _optimize_in_child(config_bytes: bytes, meta_bytes: bytes, timeout: float) -> bytes:
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS``, read at import)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _optimize_in_child(config_bytes: bytes, meta_bytes: bytes, timeout: float, onednn: bool | None = None) -> bytes:
     with tempfile.TemporaryDirectory(prefix="graphopt-grappler-") as tmp:
         paths = [os.path.join(tmp, n) for n in ("config.pb", "meta.pb", "out.pb")]
         for path, data in zip(paths, (config_bytes, meta_bytes)):
             with open(path, "wb") as f:
                 f.write(data)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+        if onednn is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
         try:
             proc = subprocess.run([sys.executable, "-m", "graphopt.passes.grappler", *paths], capture_output=True,
                                   text=True, env=env, timeout=timeout)
@@ -131,6 +140,109 @@ def _optimize_in_child(config_bytes: bytes, meta_bytes: bytes, timeout: float) -
             return f.read()
 
 
+_ACTIVATIONS = ("Relu", "Relu6", "Elu", "LeakyRelu")
+# Fusions TensorFlow's default (Eigen) CPU kernels implement. With oneDNN on, the remapper also emits others
+# (a residual Add fused in, _Mkl* ops) that a server with oneDNN off refuses: "Fusion is not implemented";
+# _FusedDepthwiseConv2dNative is registered there but computes nothing ("Missing 0-th output").
+PORTABLE_FUSIONS = {
+    "_FusedConv2D": {("BiasAdd",), ("FusedBatchNorm",)} | {(b, a) for b in ("BiasAdd", "FusedBatchNorm")
+                                                         for a in _ACTIVATIONS},
+    "_FusedMatMul": {("BiasAdd",)} | {("BiasAdd", a) for a in _ACTIVATIONS},
+}
+
+
+def _fusion(node: Any) -> tuple[str, ...]:
+    return tuple(s.decode() for s in node.attr["fused_ops"].list.s)
+
+
+def non_portable_nodes(graph_def: Any) -> list[str]:
+    """Nodes only a oneDNN-enabled TensorFlow can run (oneDNN-only fusions and ``_Mkl*`` ops)."""
+    out = []
+    for node in graph_def.node:
+        if node.op.startswith("_Mkl") or (node.op in PORTABLE_FUSIONS
+                                          and _fusion(node) not in PORTABLE_FUSIONS[node.op]):
+            out.append(node.name)
+        elif node.op.startswith("_Fused") and node.op not in PORTABLE_FUSIONS:
+            out.append(node.name)
+    return out
+
+
+def split_onednn_fusions(graph_def: Any) -> int:
+    """Rewrite the oneDNN-only fusions Grappler makes into ops every TensorFlow CPU build runs.
+
+    Conv2D/MatMul + BiasAdd + Add [+ activation] becomes the portable fused op, AddV2 [, activation];
+    fused depthwise conv + BiasAdd [+ activation] becomes DepthwiseConv2dNative, BiasAdd [, activation].
+    The node keeps its name (now the last op of the chain), so readers are unchanged. Returns how many.
+    """
+    from tensorflow.core.framework import node_def_pb2
+
+    names = {n.name for n in graph_def.node}
+    added: list[Any] = []
+    count = 0
+    for node in graph_def.node:
+        fusion = _fusion(node) if node.op in ("_FusedConv2D", "_FusedMatMul", "_FusedDepthwiseConv2dNative") else ()
+        data = [i for i in node.input if not i.startswith("^")]
+        control = [i for i in node.input if i.startswith("^")]
+        if node.op == "_FusedDepthwiseConv2dNative":
+            if fusion[:1] != ("BiasAdd",) or len(fusion) > 2 or len(data) != 3:
+                continue
+            tail = fusion[1:]
+        elif fusion[:2] == ("BiasAdd", "Add") and len(data) == 4:
+            tail = fusion[2:]
+        else:
+            continue
+        if len(tail) > 1 or (tail and tail[0] not in _ACTIVATIONS):
+            continue
+        original, device, dtype = node.name, node.device, node.attr["T"].type
+        activation = tail[0] if tail else None
+        alpha = node.attr["leakyrelu_alpha"].f if "leakyrelu_alpha" in node.attr else None
+        chain: list[Any] = []
+        if node.op == "_FusedDepthwiseConv2dNative":
+            conv = node_def_pb2.NodeDef(name=_fresh(f"{original}/depthwise", names), op="DepthwiseConv2dNative",
+                                        input=data[:2] + control, device=device)
+            for key in ("T", "strides", "padding", "explicit_paddings", "data_format", "dilations"):
+                if key in node.attr:
+                    conv.attr[key].CopyFrom(node.attr[key])
+            last = node_def_pb2.NodeDef(name=original, op="BiasAdd", input=[conv.name, data[2]], device=device)
+            last.attr["T"].type = dtype
+            last.attr["data_format"].s = node.attr["data_format"].s or b"NHWC"
+        else:
+            conv = node_def_pb2.NodeDef()
+            conv.CopyFrom(node)
+            conv.name = _fresh(f"{original}/biased", names)
+            del conv.input[:]
+            conv.input.extend(data[:3] + control)
+            del conv.attr["fused_ops"].list.s[:]
+            conv.attr["fused_ops"].list.s.append(b"BiasAdd")
+            conv.attr["num_args"].i = 1
+            del conv.attr["TArgs"].list.type[1:]
+            if "_input_shapes" in conv.attr:
+                del conv.attr["_input_shapes"]
+            last = node_def_pb2.NodeDef(name=original, op="AddV2", input=[conv.name, data[3]], device=device)
+            last.attr["T"].type = dtype
+        chain.append(conv)
+        if activation:
+            last.name = _fresh(f"{original}/{last.op}", names)
+            chain.append(last)
+            last = node_def_pb2.NodeDef(name=original, op=activation, input=[last.name], device=device)
+            last.attr["T"].type = dtype
+            if activation == "LeakyRelu" and alpha is not None:
+                last.attr["alpha"].f = alpha
+        node.CopyFrom(last)
+        added.extend(chain)
+        count += 1
+    graph_def.node.extend(added)
+    return count
+
+
+def _fresh(base: str, names: set[str]) -> str:
+    name, i = base, 1
+    while name in names:
+        name, i = f"{base}_{i}", i + 1
+    names.add(name)
+    return name
+
+
 class GrapplerOptimize(Pass):
     """Run Grappler offline for one device, keeping signature names, so serving can skip runtime Grappler."""
 
@@ -143,6 +255,10 @@ class GrapplerOptimize(Pass):
         "clear_devices": Option(bool, True, "remove the device placement afterwards (keeps the export portable)"),
         "isolate": Option(str, "auto", "run Grappler in a child process: auto (when the graph has functions), "
                                        "always or never", choices=("auto", "always", "never")),
+        "onednn": Option(str, "off", "oneDNN setting Grappler optimizes for: off (fusions every TF CPU build "
+                                     "runs), on (adds oneDNN-only fusions such as Conv+BiasAdd+Add, which fail where "
+                                     "oneDNN is off) or current (this process's setting)",
+                         choices=("off", "on", "current")),
         "timeout": Option(float, 600.0, "seconds a child process may take"),
     }
 
@@ -155,12 +271,25 @@ class GrapplerOptimize(Pass):
         meta = build_meta_graph(model, device)
         config = grappler_config(self.config["optimizers"])
         isolate = self.config["isolate"]
+        # With oneDNN on, the remapper emits fusions ([BiasAdd, Add], ...) only oneDNN kernels implement: a graph
+        # pre-optimized that way fails on a server with oneDNN off ("Fusion is not implemented"). oneDNN is chosen
+        # when TensorFlow loads, so another setting than this process's needs a child process.
+        wanted = {"off": False, "on": True, "current": None}[self.config["onednn"]]
+        here = onednn_enabled()
+        onednn = wanted if wanted is not None else here
+        # Portable output from a oneDNN process: optimize here (depthwise fusions exist only on that path), then
+        # split the oneDNN-only residual fusions; anything else non-portable sends the work to a oneDNN-off child.
+        switch = wanted is True and not here
+        if switch and isolate == "never":
+            raise PassError(f"optimizing for onednn={self.config['onednn']} needs a child process "
+                            f"(this process has oneDNN {'on' if onednn_enabled() else 'off'})",
+                            hint="drop isolate=never, or use onednn=current")
         # Function bodies can hold feeds and shapes checked only inside Grappler: keep its crashes out of ours.
-        in_child = isolate == "always" or (isolate == "auto" and len(model.graph_def.library.function) > 0)
+        in_child = switch or isolate == "always" or (isolate == "auto" and len(model.graph_def.library.function) > 0)
         try:
             if in_child:
                 out_bytes = _optimize_in_child(config.SerializeToString(), meta.SerializeToString(),
-                                               self.config["timeout"])
+                                               self.config["timeout"], onednn if switch else None)
             else:
                 out_bytes = _optimize_here(config.SerializeToString(), meta.SerializeToString())
         except PassError:
@@ -169,6 +298,17 @@ class GrapplerOptimize(Pass):
             raise PassError(f"Grappler failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
                             where=f"device {device or 'none'}") from None
         graph_def = type(model.graph_def).FromString(out_bytes)
+        split = 0
+        if onednn is False and here:
+            split = split_onednn_fusions(graph_def)
+            left = non_portable_nodes(graph_def)
+            if left and isolate == "never":
+                raise PassError(f"oneDNN-only kernels left (e.g. '{left[0]}') and isolate=never forbids the "
+                                "oneDNN-off child that would avoid them", hint="use onednn=current or drop isolate")
+            if left:
+                out_bytes = _optimize_in_child(config.SerializeToString(), meta.SerializeToString(),
+                                               self.config["timeout"], False)
+                graph_def, split, in_child = type(model.graph_def).FromString(out_bytes), 0, True
         if not graph_def.HasField("versions") and model.graph_def.HasField("versions"):
             graph_def.versions.CopyFrom(model.graph_def.versions)
         if self.config["clear_devices"]:
@@ -185,7 +325,7 @@ class GrapplerOptimize(Pass):
         before, after = Counter(n.op for n in model.graph_def.node), Counter(n.op for n in graph_def.node)
         fused = sum(c for op, c in after.items() if op.startswith("_Fused"))
         counters = {"nodes_before": len(model.graph_def.node), "nodes_after": len(graph_def.node),
-                    "fused_ops": fused, "isolated": int(in_child)}
+                    "fused_ops": fused, "isolated": int(in_child), "onednn_fusions_split": split}
         modified = graph_def.SerializeToString(deterministic=True) != model.graph_def.SerializeToString(
             deterministic=True)
         notes = []
@@ -198,6 +338,7 @@ class GrapplerOptimize(Pass):
         # Recorded for graphopt.serving_config: a pre-optimized graph is served with runtime Grappler off.
         metadata = {k: v for k, v in model.metadata.items() if k != "weight_storage"}
         metadata["grappler_device"] = device
+        metadata["grappler_onednn"] = onednn
         return PassResult(model.replace(graph_def=graph_def, metadata=metadata), modified=modified, counters=counters,
                           notes=notes)
 
