@@ -677,3 +677,18 @@ def test_export_failure_leaves_nothing_behind(tmp_path):
     with pytest.raises(OutputError, match="cannot write SavedModel"):
         export_versioned(broken, base)
     assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_demo_detector_through_the_variables_layout(demo_base, tmp_path):
+    """The real detector (while_loop NMS, constants inside loop frames) survives weights-as-variables."""
+    import graphopt
+    from graphopt.demo.workflow import predict
+    from graphopt.serving.export import export_versioned
+
+    model = graphopt.load(str(demo_base["base"] / "2"))
+    out = export_versioned(model, tmp_path / "det", variables_threshold=0, warmup=False)
+    as_is = demo_base["base"] / "1" / "saved_model.pb"
+    assert (out / "saved_model.pb").stat().st_size < as_is.stat().st_size / 5  # the weights left the graph
+    got = predict(out, demo_base["image"])
+    for key, want in demo_base["reference"].items():
+        np.testing.assert_allclose(got[key], want, rtol=1e-5, atol=1e-6)
