@@ -256,6 +256,7 @@ class VerificationReport:
     inputs: dict[str, dict[str, Any]]
     input_source: str  # "random (seed 0, batch 1, dynamic dims 32)" or the sample file
     notes: list[str] = field(default_factory=list)
+    detection: bool = False  # the graph runs non-max suppression
 
     @property
     def passed(self) -> bool:
@@ -288,6 +289,10 @@ class VerificationReport:
         if any(o.problem and "shape" in o.problem and "detection" in o.problem for o in failing):
             hint = ("detection outputs change length when scores sit near the NMS threshold; verify with real "
                     "images (--sample FILE.npz), or skip with --no-verify")
+        elif self.detection:
+            hint = ("the graph runs non-max suppression: a tiny change in scores can reorder or swap the boxes it "
+                    "keeps, so boxes/classes differ position by position; verify with real images "
+                    "(--sample FILE.npz) or a looser --tolerance, or skip with --no-verify")
         elif self.tolerance.source != "lossless default":
             hint = "a looser --tolerance accepts this if the error is acceptable; " + hint
         raise VerificationError(f"{len(failing)} of {len(self.outputs)} outputs differ from the original beyond "
@@ -308,7 +313,8 @@ class VerificationReport:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "max_abs": self.max_abs, "max_rel": self.max_rel,
                 "tolerance": self.tolerance.to_dict(), "input_source": self.input_source, "inputs": self.inputs,
-                "outputs": [o.to_dict() for o in self.outputs], "notes": list(self.notes)}
+                "outputs": [o.to_dict() for o in self.outputs], "notes": list(self.notes),
+                "detection": self.detection}
 
 
 def _finite(x: float) -> float:
@@ -439,7 +445,7 @@ def verify(original: Model, optimized: Model, *, samples: str | Path | Mapping[s
     if detection:
         notes.append("the graph runs non-max suppression: outputs after it can legitimately reorder or change "
                      "length when scores tie")
-    return VerificationReport(diffs, tol, _describe_inputs(feeds), source, notes)
+    return VerificationReport(diffs, tol, _describe_inputs(feeds), source, notes, detection=detection)
 
 
 def _run(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config: Any, which: str):

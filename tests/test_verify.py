@@ -238,3 +238,34 @@ def test_report_lines_name_every_output(dense):
     lines = report.lines()
     assert lines[0].startswith("verification FAILED") and "lossless default" in lines[0]
     assert lines[1].strip().startswith("FAIL y: max abs")
+
+
+def _nms_model(scores: list[float]) -> Model:
+    """x[3] -> scores + 0*x -> NonMaxSuppressionV3 over 3 disjoint boxes (threshold 0.3) -> selected indices."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [3], name="x")
+        boxes = tf.constant([[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5]], tf.float32, name="boxes")
+        s = tf.add(tf.constant(scores, tf.float32, name="scores"), x * 0.0, name="live_scores")
+        tf.identity(tf.raw_ops.NonMaxSuppressionV3(boxes=boxes, scores=s, max_output_size=3, iou_threshold=0.5,
+                                                   score_threshold=0.3), name="selected")
+    sig = Signature(inputs={"x": TensorSpec("x:0", "float32", (3,))},
+                    outputs={"selected": TensorSpec("selected:0", "int32", (None,))})
+    return Model(g.as_graph_def(), sig, source="nms")
+
+
+def test_detection_outputs_get_a_clear_message():
+    base = _nms_model([0.5, 0.50001, 0.9])
+    swapped = verify(base, _nms_model([0.50001, 0.5, 0.9]))  # near-tie: the two boxes swap places
+    assert swapped.detection and not swapped.passed and swapped.outputs[0].exact
+    with pytest.raises(VerificationError) as info:
+        swapped.check()
+    assert "non-max suppression" in info.value.hint
+    fewer = verify(base, _nms_model([0.5, 0.29, 0.9]))  # one box falls under the score threshold
+    out = fewer.outputs[0]
+    assert not fewer.passed and "non-max suppression" in out.problem and out.optimized_shape == [2]
+    with pytest.raises(VerificationError) as info:
+        fewer.check()
+    assert "NMS threshold" in info.value.hint
