@@ -137,3 +137,36 @@ def test_bench_against_a_served_model(cli, tmp_path):
         assert code == 0 and "p99 ms" in out
         code, _, err = cli("bench", "--server", srv["grpc"], "--model", "nope", "--requests", "2")
         assert code == ExitCode.INPUT
+
+
+def test_suite_targets_and_docs_from_a_real_bench(two_models):
+    """benchmarks/targets.py and report.py on a real (tiny) bench: misses are flagged and explained."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import report as suite_report
+    import targets as suite_targets
+
+    pb, sm, _, _ = two_models
+    rep = bench([str(pb), str(pb), str(sm)], labels=["original", "serving", "gtt-seed"], runs=2, warmup=0,
+                cold=False)
+    by = {m.label: m.to_dict() for m in rep.models}
+    verify_ok = {"passed": True, "max_rel": 0.0, "max_abs": 0.0}
+    result = {"model": "MobileNetV2", "variants": {
+        "original": {"bench": by["original"], "verify": verify_ok, "seconds": 0.1, "notes": []},
+        "serving": {"bench": by["serving"], "verify": verify_ok, "seconds": 0.1, "notes": []},
+        "gtt-seed": {"bench": by["gtt-seed"], "verify": verify_ok, "seconds": 0.1, "notes": []},
+        "grappler-offline": {"skipped": "not registered"}}}
+    checks = suite_targets.evaluate(result)
+    by_target = {c["target"]: c for c in checks}
+    assert by_target["serving size <= gtt-seed"]["met"] is True  # the small model is smaller than the big one
+    assert by_target["serving nodes <= grappler-offline"]["met"] is None
+    assert by_target["fp16 size <= 0.51x and rel diff <= 0.001"]["met"] is None
+    assert "serving warm latency <= 0.95x" in by_target
+    data = {"command": "python benchmarks/run.py --quick", "machine": rep.machine, "runs": 2, "warmup": 0,
+            "cold_repeats": 1, "missing_presets": ["serving-fp16"], "models": [result], "targets": checks,
+            "memory": None}
+    text = suite_report.render(data, "benchmarks/results/x.json")
+    assert "| original |" in text and "not measured: not registered" in text and "`serving-fp16`" in text
+    assert "python benchmarks/run.py --quick" in text
