@@ -70,13 +70,29 @@ def skeleton(graph_def):
     return out
 
 
-def check_graph(model: Model, must_keep: Iterable[str] | None = None, *, import_check: bool = True) -> None:
+def new_placeholders(graph_def, before, inputs: Iterable[str]) -> list[str]:
+    """Placeholders that were not Placeholders ``before`` and are no signature input: nobody feeds them.
+
+    A graph with one imports fine and fails at the first request ("You must feed a value for
+    placeholder tensor ..."), e.g. after ``rename_op(old_op_name=Const, new_op_name=Placeholder)``.
+    """
+    was = {n.name for n in before.node if n.op == "Placeholder"} | set(inputs)
+    return [n.name for n in graph_def.node if n.op == "Placeholder" and n.name not in was]
+
+
+def check_graph(model: Model, must_keep: Iterable[str] | None = None, *, import_check: bool = True,
+                before: Model | None = None) -> None:
     """Raise :class:`PassError` if ``model``'s graph is not importable or lost a protected node.
 
-    ``import_check=False`` runs only the structural check (no TensorFlow).
+    ``import_check=False`` runs only the structural check (no TensorFlow). With ``before``
+    (the model the pass was given), a Placeholder the pass introduced outside the signature
+    is a problem too.
     """
     keep = model.protected_nodes if must_keep is None else set(must_keep)
     problems = structural_problems(model.graph_def, keep)
+    if before is not None:
+        problems += [f"node '{name}' is now a Placeholder no signature input feeds"
+                     for name in new_placeholders(model.graph_def, before.graph_def, model.signature.input_nodes)]
     if problems:
         raise PassError("the pass returned an invalid graph: " + problems[0],
                         details=problems[1:6] + ([f"... and {len(problems) - 6} more"] if len(problems) > 6 else []),

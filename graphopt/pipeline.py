@@ -400,7 +400,7 @@ class Pipeline:
                 raise PassError(f"pass returned {type(result).__name__}, not a PassResult",
                                 hint="return PassResult(model, modified, counters)")
             if ctx.validate and result.modified:
-                check_graph(result.model, must_keep=model.protected_nodes)
+                check_graph(result.model, must_keep=model.protected_nodes, before=model)
         except Exception as exc:  # contain any failure of a pass: name it, then stop or roll back
             record.seconds = time.perf_counter() - t0
             error = self._pass_error(pass_, origin, exc, ctx)

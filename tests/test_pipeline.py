@@ -76,6 +76,17 @@ def unknown_op(model):
     return model.graph_def
 
 
+@function_pass(name="test_new_placeholder", description="Turns the weights into a Placeholder nobody feeds.")
+def new_placeholder(model):
+    import tensorflow as tf
+
+    w = next(n for n in model.graph_def.node if n.name == "w")
+    w.op = "Placeholder"
+    del w.attr["value"]
+    w.attr["shape"].shape.CopyFrom(tf.TensorShape([4, 4]).as_proto())
+    return model.graph_def
+
+
 class ExamplePlugin:
     """What a plugin module contains; registered with Host.create(extra=...)."""
 
@@ -84,7 +95,7 @@ class ExamplePlugin:
 
     @hookimpl
     def register_passes(self, register):
-        for cls in (DropOneIdentity, grow, raise_, dangling, duplicate, unknown_op):
+        for cls in (DropOneIdentity, grow, raise_, dangling, duplicate, unknown_op, new_placeholder):
             register(cls)
 
     @hookimpl
@@ -255,6 +266,7 @@ def test_a_plugin_hook_that_raises_is_named(model):
     ("test_dangling", "reads 'no_such_node', which does not exist"),
     ("test_duplicate", "'relu' appears twice"),
     ("test_unknown_op", "cannot import"),
+    ("test_new_placeholder", "node 'w' is now a Placeholder no signature input feeds"),
 ])
 def test_a_failing_pass_stops_the_run_naming_the_pass_and_its_plugin(host, plugin, model, bad, fragment):
     original = model.graph_def.SerializeToString()
@@ -268,7 +280,8 @@ def test_a_failing_pass_stops_the_run_naming_the_pass_and_its_plugin(host, plugi
     assert model.graph_def.SerializeToString() == original  # the input is never modified
 
 
-@pytest.mark.parametrize("bad", ["test_raise", "test_dangling", "test_duplicate", "test_unknown_op"])
+@pytest.mark.parametrize("bad", ["test_raise", "test_dangling", "test_duplicate", "test_unknown_op",
+                                 "test_new_placeholder"])
 def test_keep_going_rolls_the_failed_pass_back_and_runs_the_rest(host, model, bad):
     good = Pipeline.parse("remove_nodes(op=CheckNumerics) merge_duplicate_nodes", host=host).run(model)
     result = Pipeline.parse(f"remove_nodes(op=CheckNumerics) {bad} merge_duplicate_nodes", host=host).run(
