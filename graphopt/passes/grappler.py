@@ -20,6 +20,7 @@ optimized in a child process whose crash becomes a :class:`PassError`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -235,6 +236,33 @@ def split_onednn_fusions(graph_def: Any) -> int:
     return count
 
 
+_FOLDED_NAME = re.compile(r"^(.*)/_\d+__cf__\d+$")
+
+
+def tidy_folded_names(graph_def: Any, protected: set[str]) -> int:
+    """Give constants Grappler folded (``w1/read/_0__cf__0``) back the name of the node they replace (``w1/read``).
+
+    Only when that name is free; readers are rewired. Shorter names, fewer bytes, readable diffs.
+    """
+    names = {n.name for n in graph_def.node}
+    renames: dict[str, str] = {}
+    for node in graph_def.node:
+        m = _FOLDED_NAME.match(node.name)
+        if m and node.name not in protected and m.group(1) not in names and m.group(1) not in renames.values():
+            renames[node.name] = m.group(1)
+    if not renames:
+        return 0
+    for node in graph_def.node:
+        if node.name in renames:
+            node.name = renames[node.name]
+        for i, inp in enumerate(node.input):
+            ctrl = inp.startswith("^")
+            head, sep, port = (inp[1:] if ctrl else inp).partition(":")
+            if head in renames:
+                node.input[i] = ("^" if ctrl else "") + renames[head] + (sep + port if sep else "")
+    return len(renames)
+
+
 def _fresh(base: str, names: set[str]) -> str:
     name, i = base, 1
     while name in names:
@@ -311,6 +339,7 @@ class GrapplerOptimize(Pass):
                 graph_def, split, in_child = type(model.graph_def).FromString(out_bytes), 0, True
         if not graph_def.HasField("versions") and model.graph_def.HasField("versions"):
             graph_def.versions.CopyFrom(model.graph_def.versions)
+        tidied = tidy_folded_names(graph_def, model.protected_nodes)
         if self.config["clear_devices"]:
             for node in graph_def.node:
                 node.device = ""
@@ -325,7 +354,8 @@ class GrapplerOptimize(Pass):
         before, after = Counter(n.op for n in model.graph_def.node), Counter(n.op for n in graph_def.node)
         fused = sum(c for op, c in after.items() if op.startswith("_Fused"))
         counters = {"nodes_before": len(model.graph_def.node), "nodes_after": len(graph_def.node),
-                    "fused_ops": fused, "isolated": int(in_child), "onednn_fusions_split": split}
+                    "fused_ops": fused, "isolated": int(in_child), "onednn_fusions_split": split,
+                    "names_tidied": tidied}
         modified = graph_def.SerializeToString(deterministic=True) != model.graph_def.SerializeToString(
             deterministic=True)
         notes = []
