@@ -47,7 +47,10 @@ def control_flow_context(graph_def: Any) -> set[str]:
     for node in graph_def.node:
         for inp in node.input:
             readers.setdefault(node_name(inp), []).append(node)
-    stops = {"Enter": ("Exit",), "RefEnter": ("Exit", "RefExit"), "Switch": ("Merge",), "RefSwitch": ("Merge", "RefMerge")}
+    # A while loop's Switch also feeds its Exit: stop there too, or everything after a loop would count.
+    exits = ("Exit", "RefExit")
+    stops = {"Enter": exits, "RefEnter": exits, "Switch": ("Merge", "RefMerge", *exits),
+             "RefSwitch": ("Merge", "RefMerge", *exits)}
     inside: set[str] = set()
     for start in graph_def.node:
         if start.op not in stops:
