@@ -347,3 +347,17 @@ def test_strip_unused_nodes_with_an_input_of_unknown_rank(host):
     assert image.op == "Placeholder" and image.attr["shape"].shape.unknown_rank
     feeds = {"image": np.arange(6, dtype=np.int32).reshape(2, 3)}
     np.testing.assert_array_equal(_outputs(result.model, feeds)["y"], feeds["image"] + 1)
+
+
+@pytest.mark.parametrize("text, check", [
+    # Each option GTT reads under this name changes the result (an ignored name would not).
+    ("fold_constants(exclude_node=k/seven)", lambda ops: ops.get("k/seven") == "AddV2"),
+    ("fold_constants(max_constant_size_in_bytes=1)", lambda ops: ops.get("k/seven") == "AddV2"),
+    ("fold_constants", lambda ops: "k/seven" not in ops),
+    ("quantize_nodes(ignore_op=Conv2D)", lambda ops: "QuantizedConv2D" not in ops.values()),
+    ("quantize_nodes", lambda ops: "QuantizedConv2D" in ops.values()),
+    ("sparsify_gather(group_init_node=tables_init)", lambda ops: ops.get("tables_init") == "NoOp"),
+])
+def test_renamed_options_are_the_ones_gtt_reads(host, conv_model, text, check):
+    result = _run(conv_model, text, host)
+    assert check({n.name: n.op for n in result.model.graph_def.node})
