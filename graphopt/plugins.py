@@ -286,8 +286,10 @@ def _registrar(hook_name: str, origin: Origin, registry: Registry, staged: Regis
 
     if hook_name == "register_passes":
         def register_pass(cls: type) -> None:
+            from graphopt.passes.base import Pass
+
             name = getattr(cls, "name", "")
-            if not isinstance(cls, type) or not name:
+            if not isinstance(cls, type) or not issubclass(cls, Pass) or not isinstance(name, str) or not name:
                 raise PluginError(f"{cls!r} is not a pass class with a name", where=f"plugin {origin}",
                                   hint="register Pass subclasses (or @function_pass functions) with 'name' set")
             first = owner("passes", name) or owner("presets", name)
