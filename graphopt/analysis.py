@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
@@ -416,6 +417,7 @@ class PassAnalysis:
     def __init__(self) -> None:
         self._cache: tuple[Any, GraphStats] | None = None
         self.last: list[dict[str, Any]] = []
+        self.seconds = 0.0  # time spent analysing in the latest run
 
     def _stats(self, model: Model, size_bytes: int | None) -> GraphStats:
         # The graph after one pass is the one before the next: the same GraphDef object. The cache
@@ -427,11 +429,13 @@ class PassAnalysis:
     @hookimpl
     def graphopt_pipeline_start(self, pipeline, model, context) -> None:
         self._cache = None
+        self.seconds = 0.0
         self.last = context.state["analysis"] = []
 
     @hookimpl
     def graphopt_pass_finish(self, pass_, before, result, context) -> None:
         # The pipeline appended this pass's record (sizes measured) just before this hook.
+        t0 = time.perf_counter()
         record = context.records[-1] if context.records else None
         stats_before = self._stats(before, getattr(record, "size_before", None))
         stats_after = (self._stats(result.model, getattr(record, "size_after", None)) if result.modified
@@ -442,3 +446,4 @@ class PassAnalysis:
             "before": stats_before.to_dict(),
             "after": stats_after.to_dict(),
         })
+        self.seconds += time.perf_counter() - t0

@@ -186,7 +186,7 @@ def _struct_key(node: Any, mapping: dict[str, str] | None, unknown: set[str] | N
 
 
 def _topological(rows: list[NodeRow]) -> list[str]:
-    """Node names with their inputs first; nodes on cycles (TF1 loops) follow in graph order."""
+    """Names of ``rows`` with their inputs among ``rows`` first; nodes on cycles (TF1 loops) follow in graph order."""
     names = {r[0] for r in rows}
     indeg: dict[str, int] = {}
     consumers: dict[str, list[str]] = {}
@@ -358,7 +358,8 @@ def _diff(a: Any, b: Any, a_label: str | None, b_label: str | None, structural: 
     a2b = {n: n for n in a_nodes if n in b_nodes}
 
     if structural and len(a2b) < min(len(a_nodes), len(b_nodes)):  # something left to match on both sides
-        order = _topological(a_rows)
+        # Only the order among unmatched nodes matters: name-matched inputs are translated already.
+        order = _topological([r for r in a_rows if r[0] not in a2b])
         for _ in range(_MAX_ROUNDS):
             # Strict matching resolves chains; relaxed matching cuts into loops, whose nodes then
             # let the next strict walk go on.

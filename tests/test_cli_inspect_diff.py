@@ -128,3 +128,59 @@ def test_render_diff_of_identical_graphs(seed_result):
     console, buf = _console()
     render_diff(console, diff_models(model, model))
     assert "identical" in buf.getvalue()
+
+
+def test_inspect_a_tf2_saved_model_with_functional_control_flow(cli, model_path):
+    from models import control_flow_saved_model
+
+    path = model_path("control_flow_sm", control_flow_saved_model)
+    code, out, err = cli("inspect", path, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["format"] == "saved_model" and data["signature"]["key"] == "serving_default"
+    assert {t["key"] for t in data["outputs"]} == {"y", "total"}
+    assert data["num_functions"] >= 2 and all(n > 0 for n in data["functions"].values())  # While cond/body, If
+    assert data["parameter_count"] >= 16 + 1  # w [4,4] and scale, frozen into constants
+    code, out, err = cli("inspect", path)
+    assert code == 0 and "functions (" in out
+
+
+def test_diff_two_signatures_of_a_tf1_saved_model(cli, model_path):
+    from models import tf1_saved_model
+
+    path = model_path("tf1_sm", tf1_saved_model)
+    code, out, err = cli("diff", path, path, "--json", "--tags", "custom,cpu", "--signature", "scores",
+                         "--b-tags", "custom,cpu", "--b-signature", "logits")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["summary"]["nodes_delta"] == data["b"]["nodes"] - data["a"]["nodes"]
+    code, out, err = cli("diff", path, path, "--json", "--tags", "custom,cpu", "--signature", "scores")
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    # Same model, same signature: nothing added or removed. (Not "identical": the loader names each
+    # lookup table's shared_name uniquely per load, and that shows up as a changed attribute.)
+    assert summary["added"] == summary["removed"] == 0 and summary["nodes_delta"] == 0
+
+
+def test_render_report_shows_rolled_back_and_counters(seed_result):
+    from graphopt.passes.base import PassResult, function_pass
+    from graphopt.pipeline import Pipeline
+
+    model, _, _ = seed_result
+
+    @function_pass(name="explode", description="always fails")
+    def explode(m):
+        raise RuntimeError("boom")
+
+    @function_pass(name="count_only", description="changes nothing, counts")
+    def count_only(m):
+        return PassResult(m, modified=False, counters={"looked_at": len(m.graph_def.node), "zero": 0})
+
+    result = Pipeline([explode(), count_only(), "remove_nodes(op=CheckNumerics)"]).run(model, keep_going=True)
+    console, buf = _console()
+    render_report(console, result)
+    text = buf.getvalue()
+    _assert_fits(text)
+    assert "↺ explode" in text and "rolled back" in text and "boom" in text
+    assert "looked_at=37" in text and "zero=" not in text
+    assert "-1 CheckNumerics" in text
