@@ -172,8 +172,10 @@ def test_not_per_channel_or_shared_output_is_left_alone():
         bn = tf.raw_ops.FusedBatchNormV3(x=g, **bn_params(4), epsilon=1e-3, is_training=False, name="shared_bn")[0]
         return {"a": spatial, "b": bn + tf.nn.relu(g)}
 
-    out, result = check(graph_model(build, image()), folded=0, converted=1)
+    out, result = check(graph_model(build, image()), folded=0, converted=1, skipped=2)
     assert ops(out)["Conv2D"] == 2
+    assert any("not per-channel" in n for n in result.notes)
+    assert any(n.startswith("skipped shared_bn/mul:") and "2 consumers" in n for n in result.notes)
     assert {n.name: n.op for n in out.graph_def.node}["shared_bn"] == "AddV2"
 
 

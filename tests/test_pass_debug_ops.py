@@ -186,3 +186,40 @@ def test_keras_tf2_frozen_graph():
     assert left["Identity"] == 1  # the signature output
     assert result.counters["removed_Identity"] > 3 and result.counters["removed_IdentityN"] == 1
     assert result.notes == ["kept 1 Identity: signature node or init op"]
+
+
+def test_seed_style_graph_with_colocation_and_loop():
+    """The TF1 graph GTT's remove_nodes breaks (``_class: loc:@w1/read`` left dangling) stays importable."""
+    from graphopt.graph_check import check_graph
+    from tests.models import tf1_seed_graph
+
+    model, facts = tf1_seed_graph()
+    result = strip(model)
+    check_graph(result.model)
+    after = names(result.model)
+    assert not set(facts["identity_reads"] + facts["check_numerics"]) & set(after)
+    assert all(not v.startswith(b"loc:@w1/read") for n in result.model.graph_def.node if "_class" in n.attr
+               for v in n.attr["_class"].list.s)
+    assert {"Enter", "Exit", "NextIteration"} <= set(after.values())
+
+
+def test_in_a_pipeline_by_name():
+    """Both passes by name in a GTT-style transform string, with counters in the pass records."""
+    import tensorflow as tf
+
+    from graphopt.pipeline import Pipeline
+
+    def build(x):
+        h = tf.nn.conv2d(x, tf.identity(tf.constant(RNG.normal(size=(3, 3, 3, 4)).astype(np.float32))), 1, "SAME")
+        p = {k: tf.constant(RNG.uniform(0.5, 1.5, 4).astype(np.float32)) for k in ("scale", "offset", "mean", "variance")}
+        h = tf.raw_ops.FusedBatchNorm(x=h, **p, epsilon=1e-3, is_training=False)[0]
+        return {"y": tf.nn.relu(tf.debugging.check_numerics(h, "bad"))}
+
+    model = graph_model(build, {"x": ("float32", [1, 6, 6, 3])})
+    run = Pipeline.parse("fold_all_batch_norms strip_debug_ops(op=CheckNumerics, op=Identity)").run(model)
+    records = {r.name: r for r in run.records}
+    assert records["fold_all_batch_norms"].counters["folded"] == 1
+    assert records["strip_debug_ops"].counters["removed_CheckNumerics"] == 1
+    assert set(ops(run.model)) == {"Placeholder", "Const", "Conv2D", "BiasAdd", "Relu"}
+    feeds = {"x": RNG.random((1, 6, 6, 3)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(run.model, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-5, atol=1e-5)
