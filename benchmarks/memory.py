@@ -42,6 +42,46 @@ def peak_rss(cmd: list[str], timeout: float = 1800) -> dict[str, Any]:
             "stderr_tail": data["stderr"].strip().splitlines()[-3:] if data["rc"] else []}
 
 
+_STAGES = """
+import json, resource, sys, time
+import tensorflow as tf
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = {"tf_import": peak()}
+from graphopt.loaders import load
+from graphopt.pipeline import Pipeline
+from graphopt.plugins import Host
+from graphopt.verify import verify_result
+t = time.perf_counter()
+model = load(sys.argv[1]); out["load"] = peak()
+result = Pipeline.parse(sys.argv[2], host=Host.create(plugins=False)).run(model); out["pipeline"] = peak()
+verify_result(model, result, check=False); out["verify"] = peak()
+from graphopt.savers import save
+save(result.model, sys.argv[3]); out["save"] = peak()
+out["seconds"] = time.perf_counter() - t
+print("STAGES " + json.dumps(out))
+"""
+
+
+def optimize_stages(src: Path, transforms: str = "serving") -> dict[str, Any]:
+    """Peak RSS after each step of an optimize run (load, pipeline, verify, save) in one fresh process.
+
+    Peak RSS only grows, so the step where it jumps is the one that needs the memory.
+    """
+    import os
+
+    out = Path(tempfile.mkdtemp(prefix="graphopt-mem-")) / "out"
+    try:
+        proc = subprocess.run([sys.executable, "-c", _STAGES, str(src), transforms, str(out)], capture_output=True,
+                              text=True, timeout=1800, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("STAGES ")), None)
+    if line is None:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return {"transforms": transforms, **json.loads(line[len("STAGES "):])}
+
+
 def optimize_memory(src: Path, model_bytes: int, *, transforms: str | None = None) -> dict[str, Any]:
     """Peak RSS of TF alone, TF + the model, and ``graphopt optimize``; the overhead as a multiple of the model."""
     py = sys.executable
@@ -56,9 +96,10 @@ def optimize_memory(src: Path, model_bytes: int, *, transforms: str | None = Non
         optimize = peak_rss(cmd)
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
+    stages = optimize_stages(src)
     over = optimize["peak_bytes"] - tf_load["peak_bytes"]
     return {"source": str(src), "command": " ".join(["graphopt", *cmd[3:5], "-o", "OUT", *cmd[7:]]),
             "model_bytes": model_bytes, "tf_import": tf_import, "tf_load": tf_load, "optimize": optimize,
             "over_baseline_bytes": over, "over_baseline_x_model": over / model_bytes if model_bytes else None,
             "limit_x_model": 3.0, "met": optimize["rc"] == 0 and over < 3 * model_bytes,
-            "seconds": time.time() - t0}
+            "stages": stages, "seconds": time.time() - t0}

@@ -160,6 +160,13 @@ def render(data: dict[str, Any], results_name: str) -> str:
                 f"Above TensorFlow's baseline: {_mb(mem['over_baseline_bytes'])} MB = "
                 f"**{mem['over_baseline_x_model']:.2f}x the model's size** (target: under 3x) -> "
                 f"{'met' if mem['met'] else '**missed**'}."]
+        st = mem.get("stages") or {}
+        if st and not st.get("error"):
+            steps = [k for k in ("tf_import", "load", "pipeline", "verify", "save") if k in st]
+            out += ["", f"Where the peak is reached (the same steps in one process through the Python API, preset "
+                        f"`{st['transforms']}`; peak RSS after each step, MB):", "",
+                    "| " + " | ".join(steps) + " |", "|" + "---|" * len(steps),
+                    "| " + " | ".join(_mb(st[k]) for k in steps) + " |"]
         if mem["optimize"]["rc"]:
             out.append(f"`graphopt optimize` failed: {' '.join(mem['optimize']['stderr_tail'])}")
     out += ["", "## Notes on missed targets", ""]

@@ -81,6 +81,9 @@ def evaluate(result: dict) -> list[dict[str, Any]]:
                           f"size {size:.3f}x (constants are {cshare:.0%} of the original graph)"))
         if qw:
             lim = INT8_ERROR_SHARE * qw["max_rel"]
-            out.append(_check(name, "int8 error <= 1/4 of quantize_weights'", rel, lim, rel <= lim,
-                              f"int8 rel diff {rel:.3g} vs quantize_weights {qw['max_rel']:.3g}"))
+            note = f"int8 rel diff {rel:.3g} vs quantize_weights {qw['max_rel']:.3g}"
+            if qw.get("nan_mismatch"):
+                note += f" (quantize_weights turned {qw['nan_mismatch']} output values into NaN)"
+            out.append(_check(name, "int8 error <= 1/4 of quantize_weights'", rel, lim, rel <= lim, note))
+            out[-1]["note"] = note  # worth showing even when met: the bar may be NaN-infinite
     return out

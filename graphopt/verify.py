@@ -264,11 +264,13 @@ class VerificationReport:
 
     @property
     def max_abs(self) -> float:
-        return max((o.max_abs for o in self.outputs), default=0.0)
+        """Worst absolute difference; ``inf`` when an output has NaN/Inf where the other has a number."""
+        return max((_overall(o, o.max_abs) for o in self.outputs), default=0.0)
 
     @property
     def max_rel(self) -> float:
-        return max((o.max_rel for o in self.outputs), default=0.0)
+        """Worst relative difference; ``inf`` when an output has NaN/Inf where the other has a number."""
+        return max((_overall(o, o.max_rel) for o in self.outputs), default=0.0)
 
     def worst(self, n: int = 5) -> list[OutputDiff]:
         """Failing outputs first, then by relative difference."""
@@ -315,6 +317,11 @@ class VerificationReport:
                 "tolerance": self.tolerance.to_dict(), "input_source": self.input_source, "inputs": self.inputs,
                 "outputs": [o.to_dict() for o in self.outputs], "notes": list(self.notes),
                 "detection": self.detection}
+
+
+def _overall(o: OutputDiff, value: float) -> float:
+    # Per-output figures cover finite elements only; a NaN that appeared must not read as "no difference".
+    return float("inf") if o.nan_mismatch or o.inf_mismatch or (o.problem and not o.passed) else value
 
 
 def _finite(x: float) -> float:

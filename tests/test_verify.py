@@ -269,3 +269,16 @@ def test_detection_outputs_get_a_clear_message():
     with pytest.raises(VerificationError) as info:
         fewer.check()
     assert "NMS threshold" in info.value.hint
+
+
+def test_nan_outputs_make_the_overall_difference_infinite(dense):
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8], name="x")
+        tf.identity(tf.fill([tf.shape(x)[0], 4], np.float32("nan")), name="y")
+    nan_model = dense.with_graph(g.as_graph_def())
+    report = verify(dense, nan_model)
+    assert not report.passed and report.outputs[0].nan_mismatch == 4
+    assert report.max_rel == float("inf") and report.max_abs == float("inf")
