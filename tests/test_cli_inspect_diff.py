@@ -184,3 +184,20 @@ def test_render_report_shows_rolled_back_and_counters(seed_result):
     assert "↺ explode" in text and "rolled back" in text and "boom" in text
     assert "looked_at=37" in text and "zero=" not in text
     assert "-1 CheckNumerics" in text
+
+
+def test_views_degrade_to_ascii_on_non_utf8_terminals(seed_result):
+    from graphopt.analysis import analyze
+
+    class AsciiIO(io.StringIO):
+        encoding = "ascii"
+
+    model, _, result = seed_result
+    for render, data in ((render_diff, diff_models(model, result.model)), (render_inspect, analyze(model)),
+                         (render_report, result)):
+        buf = AsciiIO()
+        render(Console(file=buf, width=80, color_system=None), data)
+        text = buf.getvalue()
+        text.encode("ascii")  # raises if a glyph slipped through
+        assert text.strip()
+    assert "#" in text or "->" in text

@@ -9,7 +9,8 @@ status words), so they read the same with ``NO_COLOR`` or in a log file.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -31,6 +32,28 @@ _STATUS = {  # status -> (mark, style); the mark carries the meaning without col
     "rolled_back": ("↺", "yellow"),
     "failed": ("✗", "bold red"),
 }
+
+
+# Glyphs for terminals that cannot encode them (LANG=C, PYTHONIOENCODING=ascii); rich itself
+# already switches table borders to ASCII there.
+_ASCII = str.maketrans({"█": "#", "→": "->", "·": "|", "…": "...", "✓": "+", "↺": "~", "✗": "x", "Δ": "d"})
+
+
+def _encoding_safe(render: Callable[..., None]) -> Callable[..., None]:
+    """Run ``render`` as is on UTF-8 consoles; elsewhere capture it and write ASCII stand-ins."""
+
+    @functools.wraps(render)
+    def wrapper(console: Console, *args: Any, **kwargs: Any) -> None:
+        encoding = (console.encoding or "utf-8").lower()
+        if encoding.startswith("utf"):
+            return render(console, *args, **kwargs)
+        with console.capture() as capture:
+            render(console, *args, **kwargs)
+        text = capture.get().translate(_ASCII)
+        console.file.write(text.encode(encoding, "replace").decode(encoding))
+        console.file.flush()
+
+    return wrapper
 
 
 def human_bytes(n: int | float) -> str:
@@ -67,6 +90,7 @@ def _ops_delta_text(delta: dict[str, int], limit: int = 3) -> str:
 # --- per-pass report -------------------------------------------------------------------
 
 
+@_encoding_safe
 def render_report(console: Console, result: "PipelineResult", *, title: str | None = "passes") -> None:
     """One row per pass run: status, nodes and size before -> after, op delta and counters, time."""
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False)
@@ -146,6 +170,7 @@ def _signature_table(stats: "GraphStats") -> Table:
     return table
 
 
+@_encoding_safe
 def render_inspect(console: Console, stats: "GraphStats", *, limit: int = MAX_ROWS) -> None:
     """Signature, totals, op histogram as bars, largest constants and unreachable nodes."""
     head = Text(stats.source or "graph", style="bold")
@@ -261,6 +286,7 @@ def _change_line(c: "NodeChange") -> Text:
     return t
 
 
+@_encoding_safe
 def render_diff(console: Console, diff: "GraphDiff", *, limit: int = MAX_ROWS, neighbourhoods: int = 10) -> None:
     """Summary line, the two op histograms side by side, then the changed neighbourhoods."""
     console.print(diff_summary_text(diff))
