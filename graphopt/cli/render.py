@@ -94,7 +94,9 @@ def _ops_delta_text(delta: dict[str, int], limit: int = 3) -> str:
 def render_report(console: Console, result: "PipelineResult", *, title: str | None = "passes") -> None:
     """One row per pass run: status, nodes and size before -> after, op delta and counters, time."""
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False)
-    table.add_column("pass", overflow="fold", min_width=12)
+    # Pass names never wrap: they are what a reader scans for; the changes column gives way instead.
+    width = max((len(r.name) + (2 if r.iteration is None else 6) for r in result.records), default=12)
+    table.add_column("pass", no_wrap=True, min_width=min(width, 32))
     table.add_column("nodes", justify="right", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("changes", overflow="fold", ratio=1)
@@ -200,7 +202,8 @@ def render_inspect(console: Console, stats: "GraphStats", *, limit: int = MAX_RO
         t.add_column("shape", overflow="fold")
         t.add_column("size", justify="right", no_wrap=True)
         for c in stats.largest_constants:
-            t.add_row(c.name, c.dtype, "?" if c.shape is None else str(list(c.shape)), human_bytes(c.bytes))
+            shape = "?" if c.shape is None else "[" + ",".join(map(str, c.shape)) + "]"  # compact: names need the room
+            t.add_row(c.name, c.dtype, shape, human_bytes(c.bytes))
         console.print(t)
     if stats.unreachable:
         n = len(stats.unreachable)
