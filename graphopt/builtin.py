@@ -35,8 +35,7 @@ PRESETS = [
     # Lossless default of `graphopt optimize`: GTT where it works (rolled back where it fails, e.g. on
     # function libraries), graphopt's passes where GTT falls short (CheckNumerics, BN after depthwise /
     # BiasAdd / V3), then Grappler for the serving CPU so TF Serving can run with runtime Grappler off.
-    # (remove_nodes(op=CheckNumerics) stands in for graphopt's strip_debug_ops until that pass is registered.)
-    ("serving", "remove_nodes(op=CheckNumerics, ignore_errors=true) remove_attribute(attribute_name=_class, ignore_errors=true) "
+    ("serving", "strip_debug_ops remove_attribute(attribute_name=_class, ignore_errors=true) "
                 "strip_unused_nodes(ignore_errors=true) fold_constants(ignore_errors=true) fold_all_batch_norms "
                 "merge_duplicate_nodes(ignore_errors=true) grappler_optimize",
      "Lossless: strip debug ops, GTT cleanup and folding, fold every batch norm, Grappler pre-optimized for CPU.",
