@@ -159,7 +159,7 @@ def bench_pipeline(spec: str, repeat: int, workdir: Path) -> dict:
     plugin = PassAnalysis()
     with_analysis.pm.register(plugin)
     runs: dict[str, list[float]] = {"without": [], "with": []}
-    in_hook: list[float] = []  # seconds spent inside the plugin per run: not hidden by the run-to-run variance of the pipeline
+    in_hook: list[float] = []  # seconds inside the plugin per run: not hidden by the pipeline's own variance
     cpu: dict[str, list[float]] = {"without": [], "with": []}
     Pipeline.parse(spec, host=plain).run(model)  # warm-up: TF kernels, GTT binding, caches
     for _ in range(repeat):  # interleaved, so load from other processes hits both alike

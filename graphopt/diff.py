@@ -46,7 +46,8 @@ class NodeChange:
             "op": self.op,
             "renamed_from": self.renamed_from,
             "op_before": self.op_before,
-            "inputs": None if self.inputs_before is None else {"before": self.inputs_before, "after": self.inputs_after},
+            "inputs": (None if self.inputs_before is None
+                       else {"before": self.inputs_before, "after": self.inputs_after}),
             "device": None if self.device is None else {"before": self.device[0], "after": self.device[1]},
             "attrs": {k: {"before": b, "after": a} for k, (b, a) in sorted(self.attrs.items())},
         }

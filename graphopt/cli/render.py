@@ -36,7 +36,8 @@ _STATUS = {  # status -> (mark, style); the mark carries the meaning without col
 
 # Glyphs for terminals that cannot encode them (LANG=C, PYTHONIOENCODING=ascii); rich itself
 # already switches table borders to ASCII there.
-_ASCII = str.maketrans({"█": "#", "→": "->", "·": "|", "…": "...", "✓": "+", "↺": "~", "✗": "x", "Δ": "d"})
+_ASCII = str.maketrans({"█": "#", "→": "->", "·": "|", "…": "...", "✓": "+", "↺": "~", "✗": "x",
+                        "Δ": "d"})
 
 
 def _encoding_safe(render: Callable[..., None]) -> Callable[..., None]:
