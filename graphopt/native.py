@@ -309,9 +309,8 @@ class NativeTransform(Pass):
             # GTT re-emits nodes in a different order even when nothing changed (fold_constants does);
             # order carries no meaning, and counting it as a change would keep repeat groups spinning.
             modified = not _same_graph_ignoring_order(graph_def, model.graph_def)
-        before_ops, after_ops = len(model.graph_def.node), len(graph_def.node)
-        counters = {"nodes_removed": max(0, before_ops - after_ops), "nodes_added": max(0, after_ops - before_ops)}
-        return PassResult(model.with_graph(graph_def), modified=modified, counters=counters)
+        # No counters: GTT reports nothing of its own, and node/op deltas are in every PassRecord.
+        return PassResult(model.with_graph(graph_def), modified=modified)
 
 
 def _make(name: str, description: str, options: dict[str, Option]) -> type[Pass]:

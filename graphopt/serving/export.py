@@ -52,7 +52,8 @@ def _write_saved_model(model: Model, export_dir: Path, variables_threshold: int)
 def export_versioned(model: Model, base: str | Path, version: int | None = None, *, warmup: bool = True,
                      samples: warmup_mod.Sample | Sequence[warmup_mod.Sample] | None = None,
                      max_warmup: int = warmup_mod.MAX_RECORDS, warmup_count: int = 1, force: bool = False,
-                     model_name: str = "", variables_threshold: int = large.DEFAULT_THRESHOLD) -> Path:
+                     model_name: str = "", variables_threshold: int = large.DEFAULT_THRESHOLD,
+                     runtime_optimizer: str | None = None) -> Path:
     """Write ``model`` to ``base/<version>/`` as TF Serving expects it and return that directory.
 
     ``version`` defaults to the next free integer. An existing version is an
@@ -84,6 +85,10 @@ def export_versioned(model: Model, base: str | Path, version: int | None = None,
             logs = warmup_mod.warmup_logs(model, samples, count=warmup_count, max_records=max_warmup,
                                           model_name=model_name)
             warmup_mod.write_warmup(tmp, logs)
+        if runtime_optimizer is not None:
+            from graphopt.serving_config import write_serving_config
+
+            write_serving_config(tmp / "assets.extra", runtime_optimizer=runtime_optimizer)
         if target.exists():
             old = base / f".{version}.old-{uuid.uuid4().hex[:8]}"
             os.rename(target, old)

@@ -1,7 +1,10 @@
-"""``graphopt optimize SRC -o OUT``: load any model, run a pipeline of passes, save it for serving.
+"""``graphopt optimize SRC -o OUT``: load any model, run a pipeline of passes, verify, save it for serving.
 
 The command only wires things together: loading is :func:`graphopt.loaders.load`,
-the pipeline :class:`graphopt.pipeline.Pipeline`, saving :func:`graphopt.savers.save`.
+the pipeline :class:`graphopt.pipeline.Pipeline`, verification
+:func:`graphopt.verify.verify_result`, saving :func:`graphopt.savers.save` or
+:func:`graphopt.serving.export.export_versioned`. Nothing is written until the
+pipeline ran and the result was verified.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ HELP = "load a model, run transforms and passes on it, and save it for TF Servin
 def configure(parser) -> None:
     parser.add_argument("src", metavar="SRC", help="model: SavedModel/Hub folder, .pb, .pbtxt, .keras, .h5, "
                                                    "checkpoint prefix or .meta, or a TF Hub handle")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the optimized model")
+    parser.add_argument("-o", "--output", metavar="OUT", help="where to write the optimized model")
+    parser.add_argument("--serving-dir", metavar="BASE",
+                        help="also (or instead) export to BASE/<version>/ as TF Serving expects, with warm-up records")
+    parser.add_argument("--version", type=int, metavar="N", help="version under --serving-dir (default: next free)")
+    parser.add_argument("--no-warmup", action="store_true", help="write no assets.extra/tf_serving_warmup_requests")
     parser.add_argument("--transforms", metavar="SPEC",
                         help="GTT-style transform string or preset (default: preset 'serving', else 'gtt-seed')")
     parser.add_argument("--config", metavar="FILE", help="read the pipeline from a TOML file ([tool.graphopt])")
@@ -29,7 +36,13 @@ def configure(parser) -> None:
                         help="output format (default: from OUT's extension, else saved_model)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
-    parser.add_argument("--report", metavar="FILE.json", help="write the per-pass records as JSON")
+    parser.add_argument("--report", metavar="FILE.json", help="write the per-pass records and verification as JSON")
+    parser.add_argument("--no-verify", action="store_true", help="skip running both models to compare outputs")
+    parser.add_argument("--tolerance", type=float, metavar="RTOL",
+                        help="accepted relative difference (default: 1e-4, or the lossy passes' own)")
+    parser.add_argument("--sample", metavar="FILE.npz", help="verification inputs, one array per input key")
+    parser.add_argument("--allow-unsafe-ops", nargs="?", const=True, default=False, metavar="OPS",
+                        help="run graphs holding file/Python/network ops for verification (all, or OP1,OP2)")
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -52,38 +65,73 @@ def build_pipeline(args, host):
     return Pipeline.parse(args.transforms or default_spec(host), host=host)
 
 
-def render_records(err, result) -> None:
-    """One line per pass record: name, status, nodes and size after it."""
-    for r in result.records:
-        it = f" #{r.iteration}" if r.iteration else ""
-        line = f"{r.name}{it}: {r.status}, {r.nodes_after} nodes, {r.size_after:,} bytes ({r.seconds:.2f}s)"
-        if r.error:
-            line += f" - {r.error}"
-        err.print(line, highlight=False, markup=False, soft_wrap=True)
+def _allow(value) -> bool | list[str]:
+    return value if isinstance(value, bool) else _names(value) or False
 
 
 def run(args, ctx) -> int:
+    from graphopt.cli.render import render_report
     from graphopt.loaders import load
     from graphopt.savers import check_destination, format_for, save
 
-    out = Path(args.output)
-    fmt = format_for(out, args.format)
+    if not args.output and not args.serving_dir:
+        raise UsageError("nowhere to write the result", where="optimize", hint="give -o OUT and/or --serving-dir BASE")
+    if args.version is not None and not args.serving_dir:
+        raise UsageError("--version goes with --serving-dir", where="optimize")
+    out = Path(args.output) if args.output else None
+    fmt = format_for(out, args.format) if out else None
     pipeline = build_pipeline(args, ctx.host)  # bad transform strings fail before any loading
     tags = None if args.tags is None else _names(args.tags)
     if args.report and Path(args.report).exists() and not args.force:
         raise OutputError("the report file already exists", where=args.report, hint="pass --force to replace it")
     model = load(args.src, signature=args.signature, tags=tags, inputs=_names(args.inputs),
                  outputs=_names(args.outputs))
-    check_destination(model, out.absolute(), args.force)  # fail before the (slow) pipeline runs
+    if out:
+        check_destination(model, out.absolute(), args.force)  # fail before the (slow) pipeline runs
     ctx.err.print(f"loaded {args.src} ({model.format}): {model.node_count} nodes, {model.size_bytes:,} bytes",
                   highlight=False, markup=False, soft_wrap=True)
     result = pipeline.run(model, keep_going=args.keep_going)
-    render_records(ctx.err, result)
-    path = save(result.model, out, format=fmt, force=args.force)
-    ctx.err.print(f"saved {fmt} to {path}: {result.model.node_count} nodes, {result.model.size_bytes:,} bytes",
-                  highlight=False, markup=False, soft_wrap=True)
+    render_report(ctx.console, result)
+    verification = None
+    if not args.no_verify:
+        from graphopt.verify import verify_result
+
+        verification = verify_result(model, result, sample=args.sample, tolerance=args.tolerance, check=False,
+                                     allow_unsafe=_allow(args.allow_unsafe_ops))
+        for i, line in enumerate(verification.lines()):
+            style = ("green" if verification.passed else "bold red") if i == 0 else None
+            ctx.console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
+        verification.check()  # raises VerificationError (exit 5) before anything is written
+    written = []
+    if out:
+        path = save(result.model, out, format=fmt, force=args.force)
+        written.append(str(path))
+        ctx.err.print(f"saved {fmt} to {path}: {result.model.node_count} nodes, {result.model.size_bytes:,} bytes",
+                      highlight=False, markup=False, soft_wrap=True)
+    if args.serving_dir:
+        written.append(str(_export(args, result.model, ctx)))
     if args.report:
-        report = {"source": args.src, "output": str(path), "format": fmt,
-                  "signature": result.model.signature.to_dict(), **result.to_dict()}
+        report = {"source": args.src, "outputs": written, "format": fmt,
+                  "signature": result.model.signature.to_dict(), **result.to_dict(),
+                  "verification": verification.to_dict() if verification else None}
         Path(args.report).write_text(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def _export(args, model, ctx) -> Path:
+    """Versioned export, plus the session/platform config a pre-optimized model wants beside it."""
+    from graphopt.serving.export import export_versioned
+    from graphopt.serving_config import PLATFORM_CONFIG_FILE, recommended_optimizer
+
+    samples = None
+    if args.sample:
+        from graphopt.verify import load_samples
+
+        samples = load_samples(args.sample, model.signature)
+    optimizer = recommended_optimizer(model)
+    path = export_versioned(model, args.serving_dir, args.version, warmup=not args.no_warmup, samples=samples,
+                            force=args.force, runtime_optimizer=optimizer)
+    ctx.err.print(f"exported version {path.name} to {path} (runtime optimizer: {optimizer}; give TF Serving "
+                  f"--platform_config_file={path / 'assets.extra' / PLATFORM_CONFIG_FILE})",
+                  highlight=False, markup=False, soft_wrap=True)
+    return path
