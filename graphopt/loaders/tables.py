@@ -64,8 +64,19 @@ def add_table_init(graph_def: Any, table: str, table_op: str, keys: Any, values:
     return base
 
 
+def _in_key_order(keys: Any, values: Any) -> tuple[Any, Any]:
+    # A hash table exports in no particular order; sorting makes two loads of one
+    # model give the same graph (reproducible exports, empty diffs).
+    import numpy as np
+
+    if keys.ndim != 1 or len(keys) != len(values):
+        return keys, values
+    order = np.argsort(keys, kind="stable")
+    return keys[order], values[order]
+
+
 def _shared_name(node: str, keys: Any, values: Any) -> str:
-    digest = hashlib.sha1(node.encode() + repr(keys[:64].tolist()).encode() + repr(values[:64].tolist()).encode())
+    digest = hashlib.sha1(node.encode() + repr(keys.tolist()).encode() + repr(values.tolist()).encode())
     return f"graphopt_table_{node}_{digest.hexdigest()[:12]}"
 
 
@@ -140,7 +151,7 @@ def _export_eager(handle: Any, dtypes: tuple[Any, Any] | None, node: str) -> tup
         # Never guess: LookupTableExportV2 with the wrong dtypes aborts the process (a CHECK failure).
         raise ValueError(f"cannot tell the key/value dtypes of table '{node}': no lookup op reads it")
     keys, values = tf.raw_ops.LookupTableExportV2(table_handle=handle, Tkeys=dtypes[0], Tvalues=dtypes[1])
-    return keys.numpy(), values.numpy()
+    return _in_key_order(keys.numpy(), values.numpy())
 
 
 # --- TF2: tables captured by a concrete function ---------------------------------------------
@@ -197,6 +208,7 @@ def inline_session_tables(session: Any, graph: Any, graph_def: Any) -> list[str]
                 exports.append(tf.raw_ops.LookupTableExportV2(table_handle=op.outputs[0], Tkeys=kd, Tvalues=vd))
     values = session.run(exports)
     for n, (keys, vals) in zip(tables, values):
+        keys, vals = _in_key_order(keys, vals)
         # The old shared_name often embeds the vocabulary file's path; the contents are in-graph now.
         n.attr["shared_name"].s = _shared_name(n.name, keys, vals).encode()
         init_ops.append(add_table_init(graph_def, n.name, n.op, keys, vals))
