@@ -272,3 +272,30 @@ def test_keras_applications_have_no_batch_norm_left(keras_app):
     assert after["Mul"] == 0
     assert after["BiasAdd"] == after["Conv2D"] + after["DepthwiseConv2dNative"] + after["MatMul"]
     assert out.graph_def.ByteSize() < model.graph_def.ByteSize()
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_keras_layers_every_producer(flavor):
+    """Conv2D, SeparableConv2D (depthwise + pointwise), DepthwiseConv2D, Conv2DTranspose and Dense, each + BN."""
+    if flavor == "tf_keras":
+        import tf_keras as keras
+
+        randomize = _tf_keras_randomize
+    else:
+        import keras
+
+        randomize = randomize_batch_norms
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    inp = keras.Input((12, 12, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(6, 3, padding="same")(inp)))
+    x = L.BatchNormalization()(L.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False)(x))
+    x = L.BatchNormalization()(L.SeparableConv2D(8, 3)(x))
+    x = L.BatchNormalization()(L.Conv2DTranspose(5, 3, strides=2)(x))
+    x = L.BatchNormalization()(L.Dense(4)(L.Flatten()(x)))
+    model = frozen_keras(randomize(keras.Model(inp, x)))
+    keras.backend.clear_session()
+    out, result = check(model, folded=5, converted=0, skipped=0)
+    after = ops(out)
+    assert sum(after[op] for op in FUSED_BN_OPS) == 0 and after["Rsqrt"] == 0 and after["Mul"] == 0
+    assert after["Conv2DBackpropInput"] == 1 and after["DepthwiseConv2dNative"] == 2
