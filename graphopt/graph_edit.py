@@ -304,6 +304,24 @@ class GraphEditor:
                 self.removed.add(name)
                 self._const_cache.pop(name, None)
 
+    def attr(self, node: Any, key: str) -> Any:
+        """``node.attr[key]``, or the op's registered default when the GraphDef omits it.
+
+        SavedModels are often written with ``strip_default_attrs``: a FusedBatchNorm
+        with the default epsilon (and ``is_training=True``!) then carries no such attr,
+        and reading the proto field directly would give 0.0 / False.
+        """
+        if key in node.attr:
+            return node.attr[key]
+        from tensorflow.core.framework.attr_value_pb2 import AttrValue
+        from tensorflow.python.framework import op_def_registry
+
+        op_def = op_def_registry.get(node.op)
+        for attr_def in op_def.attr if op_def is not None else []:
+            if attr_def.name == key and attr_def.HasField("default_value"):
+                return attr_def.default_value
+        return AttrValue()
+
     def is_stateful(self, node: Any) -> bool:
         """Whether the op has side effects (never pruned as dead); unknown ops count as stateful."""
         from tensorflow.python.framework import op_def_registry

@@ -299,3 +299,26 @@ def test_keras_layers_every_producer(flavor):
     after = ops(out)
     assert sum(after[op] for op in FUSED_BN_OPS) == 0 and after["Rsqrt"] == 0 and after["Mul"] == 0
     assert after["Conv2DBackpropInput"] == 1 and after["DepthwiseConv2dNative"] == 2
+
+
+def test_default_valued_attrs_stripped():
+    """SavedModels written with strip_default_attrs omit epsilon=1e-4 and is_training=True: use op defaults."""
+    import tensorflow as tf
+
+    def build(x):
+        h = tf.nn.conv2d(x, weights(3, 3, 3, 4), 1, "SAME")
+        p = dict(bn_params(4), variance=tf.constant(np.full(4, 1e-4, np.float32)))  # epsilon matters: 2x
+        y = tf.raw_ops.FusedBatchNormV3(x=h, **p, epsilon=1e-4, is_training=False, name="bn")[0]
+        t = tf.raw_ops.FusedBatchNormV3(x=tf.nn.conv2d(x, weights(3, 3, 3, 4), 1, "SAME"), **bn_params(4),
+                                        is_training=True, exponential_avg_factor=1.0, name="train_bn")[0]
+        return {"y": y, "t": t}
+
+    model = graph_model(build, image())
+    for node in model.graph_def.node:
+        if node.name == "bn":
+            del node.attr["epsilon"]
+            del node.attr["data_format"]
+        if node.name == "train_bn":
+            del node.attr["is_training"]
+    out, result = check(model, folded=1, skipped=1)
+    assert {n.name: n.op for n in out.graph_def.node}["train_bn"] == "FusedBatchNormV3"

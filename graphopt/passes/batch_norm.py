@@ -188,13 +188,13 @@ class FoldAllBatchNorms(Pass):
         w = ed.const_value(node.input[_WEIGHT_INPUT[node.op]])
         if w is None:
             return None, f"weights of {node.name} are not constant"
-        transpose_b = node.op == "MatMul" and node.attr["transpose_b"].b
+        transpose_b = node.op == "MatMul" and ed.attr(node, "transpose_b").b
         channels = _out_channels(node.op, w, transpose_b)
-        fmt = node.attr["data_format"].s.decode() if "data_format" in node.attr else "NHWC"
+        fmt = ed.attr(node, "data_format").s.decode() or "NHWC"
         if fmt not in ("NHWC", "NCHW"):
             return None, f"data format {fmt}"
         if bias_add is not None:
-            bias_fmt = bias_add.attr["data_format"].s.decode() if "data_format" in bias_add.attr else "NHWC"
+            bias_fmt = ed.attr(bias_add, "data_format").s.decode() or "NHWC"
             if bias_fmt != fmt:
                 return None, "BiasAdd data format differs from the producer's"
         rank = 2 if node.op == "MatMul" else 4
@@ -214,7 +214,7 @@ class FoldAllBatchNorms(Pass):
 
     def _apply_scale(self, ed: GraphEditor, prod: _Producer, s: np.ndarray) -> None:
         conv = prod.conv
-        transpose_b = conv.op == "MatMul" and conv.attr["transpose_b"].b
+        transpose_b = conv.op == "MatMul" and ed.attr(conv, "transpose_b").b
         widx = _WEIGHT_INPUT[conv.op]
         old_w = conv.input[widx]
         new_w = ed.add_const(conv.name + "/folded_weights", _scale_weights(conv.op, prod.weights, s, transpose_b),
@@ -246,7 +246,7 @@ class FoldAllBatchNorms(Pass):
         self._prune(ed, [split_tensor(i)[0] for i in old_inputs if not i.startswith("^")])
 
     def _fused(self, ed: GraphEditor, node: Any) -> bool:
-        if node.attr["is_training"].b:
+        if ed.attr(node, "is_training").b:
             self._notes[node.name] = "is_training=True"
             return False
         for port in range(1, 6):
@@ -258,9 +258,9 @@ class FoldAllBatchNorms(Pass):
             self._notes[node.name] = "scale/offset/mean/variance are not constant"
             return False
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-        s = gamma / np.sqrt(var + node.attr["epsilon"].f)
+        s = gamma / np.sqrt(var + ed.attr(node, "epsilon").f)
         o = beta - mean * s
-        fmt = node.attr["data_format"].s.decode() or "NHWC"
+        fmt = ed.attr(node, "data_format").s.decode() or "NHWC"
         prod, why = self._producer(ed, node.input[0], for_weights=True)
         if prod is not None and prod.data_format == fmt and prod.rank == 4 and prod.channels == s.size:
             self._apply_scale(ed, prod, s)
@@ -279,7 +279,7 @@ class FoldAllBatchNorms(Pass):
 
     def _convert(self, ed: GraphEditor, node: Any, s: np.ndarray, o: np.ndarray, fmt: str) -> None:
         """FusedBatchNorm -> Mul(x, s) then AddV2(., o); the AddV2 keeps the batch norm's name."""
-        t = node.attr["T"].type
+        t = ed.attr(node, "T").type
         np_dtype = {1: np.float32, 2: np.float64, 19: np.float16}.get(t, np.float32)
         shape = [-1] if fmt in ("NHWC", "NDHWC") else [-1] + [1] * (len(fmt) - 2)
         s_name = ed.add_const(node.name + "/scale", s.reshape(shape).astype(np_dtype), device=node.device)
