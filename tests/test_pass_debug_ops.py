@@ -77,7 +77,8 @@ def test_op_option_limits_what_goes():
 
     result = strip(graph_model(build, {"x": ("float32", [2, 4])}), op=["CheckNumerics"])
     assert names(result.model)["id"] == "Identity" and "check" not in names(result.model)
-    assert result.counters == {"removed_CheckNumerics": 1, "removed": 1, "skipped": 0, "pruned": 0}
+    assert result.counters == {"removed_CheckNumerics": 1, "removed": 1, "skipped": 0, "pruned": 0,
+                               "control_edges_dropped": 0}
 
 
 def test_signature_output_identity_and_control_anchor_stay():
@@ -87,15 +88,18 @@ def test_signature_output_identity_and_control_anchor_stay():
         h = tf.identity(x * 2.0, name="anchor")
         with tf.control_dependencies([h]):  # ^anchor: must be rewired to anchor's producer
             z = tf.add(x, 1.0, name="z")
-        with tf.control_dependencies([tf.no_op(name="side")]):
+        with tf.control_dependencies([tf.random.uniform([], name="side")]):  # a stateful op: may matter
             guarded = tf.identity(z, name="guarded")
-        return {"out": tf.identity(guarded + h, name="out")}
+        with tf.control_dependencies([tf.no_op(name="nothing")]):  # waits for nothing: dropped, then bypassed
+            free = tf.identity(guarded, name="free")
+        return {"out": tf.identity(free + h, name="out")}
 
     model = graph_model(build, {"x": ("float32", [2, 3])})
     result = strip(model)
     after = {n.name: n for n in result.model.graph_def.node}
     assert after["out"].op == "Identity"  # signature output
     assert "guarded" in after  # has a control input that may matter
+    assert "free" not in after and "nothing" not in after and result.counters["control_edges_dropped"] == 1
     assert "anchor" not in after and list(after["z/y"].input) == ["^mul"]  # its control consumer waits on its producer
     assert any("control inputs" in n for n in result.notes)
 
@@ -186,6 +190,8 @@ def test_keras_tf2_frozen_graph():
     assert left["Identity"] == 1  # the signature output
     assert result.counters["removed_Identity"] > 3 and result.counters["removed_IdentityN"] == 1
     assert result.notes == ["kept 1 Identity: signature node or init op"]
+    # the NoOp that waited on every weight read orders nothing once they are constants: gone
+    assert left["NoOp"] == 0 and result.counters["control_edges_dropped"] > 3
 
 
 def test_seed_style_graph_with_colocation_and_loop():

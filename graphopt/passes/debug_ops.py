@@ -22,7 +22,9 @@ could change behaviour:
 * it copies a tensor between two explicitly different devices.
 
 Nodes that wait on a removed pass-through op (``^identity``) wait on its
-input's producer instead, so ordering is kept.
+input's producer instead, so ordering is kept. Control edges that wait for
+nothing (on a constant, or on a NoOp that only waits on constants, as TF2
+freezing leaves them) are dropped, outside control-flow frames.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class StripDebugOps(Pass):
             ed.remove([node.name])
             removed[node.op] += 1
             removed["pruned"] += ed.prune_dead(inputs)
+        dropped = _drop_empty_waits(ed, frames)
         for node in [n for n in model.graph_def.node if n.op in PASS_THROUGH_OPS and n.op in wanted]:
             if node.name in ed.removed:
                 continue
@@ -119,9 +122,11 @@ class StripDebugOps(Pass):
         counters["removed"] = sum(removed.values())
         counters["skipped"] = len(skipped)
         counters["pruned"] = pruned
+        counters["control_edges_dropped"] = dropped
         reasons = Counter(skipped.values())
         notes = [f"kept {count} {why}" for why, count in sorted(reasons.items())]
-        return PassResult(model, modified=bool(counters["removed"] or pruned), counters=counters, notes=notes)
+        return PassResult(model, modified=bool(counters["removed"] or pruned or dropped), counters=counters,
+                          notes=notes)
 
     def _sink_blocker(self, ed: GraphEditor, node: Any, frames: set[str]) -> str:
         if node.name in ed.protected:
@@ -151,6 +156,41 @@ class StripDebugOps(Pass):
         if node.op != "IdentityN" and self._dtypes.attr_is_ref_or_resource(node):
             return "passes a reference or resource tensor"
         return ""
+
+
+def _drop_empty_waits(ed: GraphEditor, frames: set[str]) -> int:
+    """Drop control edges that wait for nothing: on a constant, or on a NoOp that itself only waits
+    on constants (TF2 freezing leaves ``Identity(out, ^NoOp)`` with the NoOp waiting on every weight).
+    Such NoOps, once unread, go too. Returns the number of control edges dropped."""
+    memo: dict[str, bool] = {}
+
+    def empty(name: str) -> bool:
+        if name not in memo:
+            memo[name] = False  # cycle guard
+            node = ed.node(name)
+            if node is not None and name not in frames:
+                if node.op == "NoOp":
+                    memo[name] = all(i.startswith("^") and empty(i[1:]) for i in node.input)
+                else:
+                    memo[name] = ed.const_value(name) is not None
+        return memo[name]
+
+    dropped = 0
+    for node in list(ed.graph_def.node):
+        if node.name in ed.removed or node.name in frames:
+            continue
+        waits = [i for i in ed.control_inputs(node) if empty(i[1:])]
+        if waits:
+            ed.set_inputs(node, [i for i in node.input if i not in waits])
+            dropped += len(waits)
+    for name, is_empty in list(memo.items()):
+        node = ed.node(name)
+        if is_empty and node is not None and node.op == "NoOp" and name not in ed.protected and not ed.consumers(name):
+            inputs = list(node.input)
+            ed.set_inputs(node, [])
+            ed.remove([name])
+            ed.prune_dead(inputs)
+    return dropped
 
 
 class _TensorTypes:
