@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +63,8 @@ def build(name: str, flavor: str, size: int):
                 else:
                     values.append(rng.normal(0.0, 0.2, shape))
             layer.set_weights([v.astype("float32") for v in values])
-    fn = tf.function(lambda x: km(x, training=False)).get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
+    spec = tf.TensorSpec([1, size, size, 3], tf.float32)
+    fn = tf.function(lambda x: km(x, training=False)).get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(fn)
     keras.backend.clear_session()
     sig = Signature({"x": TensorSpec(frozen.inputs[0].name, "float32", (1, size, size, 3))},
