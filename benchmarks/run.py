@@ -102,7 +102,8 @@ def run_model(name: str, args: argparse.Namespace, host) -> dict:
              f"{entry['verify']['max_rel']:.2g}) [{time.time() - t1:.0f} s]")
     if "serving-int8" in out["variants"] and not out["variants"]["serving-int8"].get("skipped"):
         try:
-            out["quantize_weights"] = variants.quantize_weights_error(original, host, sm.samples, {})
+            serving = next((v.model for v in made if v.name == "serving"), None)
+            out["quantize_weights"] = variants.quantize_weights_error(original, serving, host, sm.samples)
         except GraphoptError as exc:
             out["notes"].append(f"quantize_weights could not be measured: {exc.message}")
     if made:

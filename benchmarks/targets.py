@@ -70,7 +70,9 @@ def evaluate(result: dict) -> list[dict[str, Any]]:
         note = (f"size {size:.3f}x (constants are {cshare:.0%} of the original graph), rel diff {rel:.2g}")
         out.append(_check(name, f"fp16 size <= {FP16_SIZE}x", size, FP16_SIZE, size <= FP16_SIZE, note))
         out.append(_check(name, f"fp16 rel diff <= {FP16_REL:g}", rel, FP16_REL, rel <= FP16_REL, note))
-    int8, qw = _v(result, "serving-int8"), result.get("quantize_weights")
+    int8, qws = _v(result, "serving-int8"), result.get("quantize_weights") or {}
+    qw_base = "serving" if "serving" in qws else "original"
+    qw = qws.get(qw_base)
     if int8 is None or orig is None:
         out.append(_check(name, f"int8 size <= {INT8_SIZE}x, error <= 1/4 of quantize_weights'", None, None, None,
                           missing))
@@ -81,7 +83,7 @@ def evaluate(result: dict) -> list[dict[str, Any]]:
                           f"size {size:.3f}x (constants are {cshare:.0%} of the original graph)"))
         if qw:
             lim = INT8_ERROR_SHARE * qw["max_rel"]
-            note = f"int8 rel diff {rel:.3g} vs quantize_weights {qw['max_rel']:.3g}"
+            note = f"int8 rel diff {rel:.3g} vs quantize_weights on the {qw_base} graph {qw['max_rel']:.3g}"
             if qw.get("nan_mismatch"):
                 note += f" (quantize_weights turned {qw['nan_mismatch']} output values into NaN)"
             out.append(_check(name, "int8 error <= 1/4 of quantize_weights'", rel, lim, rel <= lim, note))
