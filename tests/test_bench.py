@@ -170,3 +170,26 @@ def test_suite_targets_and_docs_from_a_real_bench(two_models):
     text = suite_report.render(data, "benchmarks/results/x.json")
     assert "| original |" in text and "not measured: not registered" in text and "`serving-fp16`" in text
     assert "python benchmarks/run.py --quick" in text
+
+
+@pytest.mark.slow
+def test_benchmark_suite_end_to_end(tmp_path):
+    """``python benchmarks/run.py`` on the TF1 graph: builds, optimizes, verifies, benches, writes JSON and docs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "run.py"), "--models", "tf1", "--variants",
+                           "original", "gtt-seed", "serving", "--runs", "2", "--warmup", "0", "--no-memory",
+                           "--cache", str(tmp_path / "cache"), "--results", str(tmp_path / "results"),
+                           "--docs", str(docs)], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "results" / "latest.json").read_text())
+    (model,) = data["models"]
+    assert set(model["variants"]) >= {"original", "gtt-seed", "serving"}
+    assert model["variants"]["serving"]["verify"]["passed"]
+    assert any(t["target"] == "serving nodes <= gtt-seed" and t["met"] is not None for t in data["targets"])
+    text = docs.read_text()
+    assert "### TF1 graph" in text and "## Targets" in text
