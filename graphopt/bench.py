@@ -177,26 +177,20 @@ def disk_bytes(path: str | Path) -> int:
 
 def _resolve(source: str | Path | Model, label: str | None, signature: str | None, tmp: Path, index: int) -> _Target:
     if isinstance(source, Model):
+        # Always measured as the frozen .pb it would be written as: ``source`` of an optimized model still
+        # names the file it was loaded from, which is not what is being measured.
         model = source
-        path = Path(model.source) if model.source and os.path.exists(model.source) else None
-        fmt = model.format
-        if path is not None:
-            from graphopt.loaders import detect
-
-            fmt = detect(path)
-        else:
-            # An in-memory model is measured as the frozen .pb it would be written as.
-            path = tmp / f"model{index}.pb"
-            path.write_bytes(model.graph_def.SerializeToString())
-            fmt = "graph_def"
+        path = tmp / f"model{index}.pb"
+        path.write_bytes(model.graph_def.SerializeToString())
+        fmt = "graph_def"
+        if label is None and model.source and model.source != "<memory>":
+            label = f"{Path(model.source).name or model.source} #{index + 1}"
     else:
         from graphopt.loaders import detect, load
 
         path = Path(source)
         fmt = detect(path)
         model = load(path, signature=signature)
-    if label is None and isinstance(source, Model) and fmt == "graph_def" and model.source:
-        label = Path(model.source).name or None
     return _Target(label or _default_label(path, index), model, path, fmt, disk_bytes(path))
 
 
@@ -224,10 +218,8 @@ def _const_bytes(model: Model) -> int:
 
 def shipped_config_file(path: str | Path) -> Path | None:
     """The ``session_config.pbtxt`` shipped with a model: in its folder, its ``assets.extra``, or the folders above."""
-    try:
-        from graphopt.serving_config import SESSION_CONFIG_FILE
-    except ImportError:  # pragma: no cover - older graphopt
-        SESSION_CONFIG_FILE = "session_config.pbtxt"
+    from graphopt.serving_config import SESSION_CONFIG_FILE
+
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     for candidate in (folder / SESSION_CONFIG_FILE, folder / "assets.extra" / SESSION_CONFIG_FILE,

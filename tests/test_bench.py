@@ -74,7 +74,7 @@ def test_bench_two_models_all_fields(two_models):
 def test_bench_in_memory_model_without_cold_start():
     report = bench([_mlp(0, 8)], runs=2, warmup=0, cold=False)
     (res,) = report.models
-    assert res.label == "mlp8" and res.format == "graph_def" and res.cold is None
+    assert res.label == "mlp8 #1" and res.format == "graph_def" and res.cold is None
     assert res.warm.median_ms > 0 and res.ratios["cold_s"] is None
 
 
