@@ -30,7 +30,8 @@ graphopt shipped beside it (else TensorFlow's default).
   load average at the start {load}. Other work was running on the machine (shared by several users), so
   latency figures carry noise: the interleaved runs make it hit all variants alike.
 - **Run:** {runs} timed runs per variant after {warmup} warm-up, batch 1, variants interleaved run by run in one
-  process; cold start in a fresh process per variant ({cold_repeats} each): TensorFlow imported first (not
+  process; cold start in fresh processes per variant (median of {cold_repeats}; {cold_repeats_targets} for the
+  models with a cold-start target, run round-robin across variants): TensorFlow imported first (not
   counted), then `tf.compat.v1.saved_model.loader.load(tag serve)` in a new session (= load) and one inference
   (= first inference, where runtime Grappler runs).
 - **Variants:** `original` = the model frozen by graphopt and saved with no pass (so ratios measure the passes);
@@ -115,7 +116,8 @@ def render(data: dict[str, Any], results_name: str) -> str:
     out = [HEADER.format(results=results_name, command=data["command"], cpu=m.get("cpu"), cores=m.get("cores"),
                          memory_gb=m.get("memory_gb"), os=m.get("os"), python=m.get("python"),
                          tensorflow=m.get("tensorflow"), load=m.get("load_average"), runs=data["runs"],
-                         warmup=data["warmup"], cold_repeats=data["cold_repeats"])]
+                         warmup=data["warmup"], cold_repeats=data["cold_repeats"],
+                         cold_repeats_targets=data.get("cold_repeats_targets", data["cold_repeats"]))]
     if data.get("missing_presets"):
         out.append("**Not available in this build when the run was made:** "
                    + ", ".join(f"`{p}`" for p in data["missing_presets"]) + " (their variants are marked).\n")
