@@ -31,15 +31,20 @@ COMMAND_MODULES = {
     "bench": "graphopt.cli.commands.bench",
 }
 
+SERVING_STEPS = ("strip_debug_ops remove_attribute(attribute_name=_class, ignore_errors=true) "
+                 "strip_unused_nodes(ignore_errors=true) fold_constants(ignore_errors=true) fold_all_batch_norms "
+                 "merge_duplicate_nodes(ignore_errors=true) grappler_optimize")
+
 PRESETS = [
     # Lossless default of `graphopt optimize`: GTT where it works (rolled back where it fails, e.g. on
     # function libraries), graphopt's passes where GTT falls short (CheckNumerics, BN after depthwise /
     # BiasAdd / V3), then Grappler for the serving CPU so TF Serving can run with runtime Grappler off.
-    ("serving", "strip_debug_ops remove_attribute(attribute_name=_class, ignore_errors=true) "
-                "strip_unused_nodes(ignore_errors=true) fold_constants(ignore_errors=true) fold_all_batch_norms "
-                "merge_duplicate_nodes(ignore_errors=true) grappler_optimize",
+    ("serving", SERVING_STEPS,
      "Lossless: strip debug ops, GTT cleanup and folding, fold every batch norm, Grappler pre-optimized for CPU.",
      False),
+    ("serving-onednn", SERVING_STEPS.replace("grappler_optimize", "grappler_optimize(onednn=on)"),
+     "serving, with oneDNN-only fusions (depthwise conv, residual add) for servers that run "
+     "TF_ENABLE_ONEDNN_OPTS=1; fails where oneDNN is off.", False),
     # Weight passes go last: Grappler would fold their Casts back into float32 constants.
     ("serving-fp16", "serving weights_to_fp16",
      "serving, then float32 weights stored as float16 (half the size; serve with runtime constant folding).", True),

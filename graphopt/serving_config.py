@@ -26,7 +26,10 @@ What goes in them:
 
 oneDNN is not a session setting: ``TF_ENABLE_ONEDNN_OPTS=1`` must be in the
 server's environment before TensorFlow loads (``docker run -e
-TF_ENABLE_ONEDNN_OPTS=1 ...``); :func:`serving_environment` returns it.
+TF_ENABLE_ONEDNN_OPTS=1 ...``); :func:`serving_environment` returns it, and
+:func:`recommended_environment` says when a model needs it (a graph built by
+``grappler_optimize(onednn=on)`` / the ``serving-onednn`` preset holds kernels
+that fail with "Fusion is not implemented" where oneDNN is off).
 
 Nothing here imports TensorFlow Serving's C++ protos (the pip package does not
 ship them): the two messages the platform file needs are described in
@@ -167,6 +170,12 @@ def parse_platform_config(text: str) -> Any:
     platform_map.platform_configs["tensorflow"].source_adapter_config.Unpack(adapter)
     session = config_pb2.ConfigProto.FromString(adapter.legacy_config.session_config.SerializeToString())
     return platform_map, session
+
+
+def recommended_environment(model: Any = None) -> dict[str, str]:
+    """Environment a model's server needs: oneDNN on when ``grappler_optimize(onednn=on)`` built its kernels."""
+    meta = getattr(model, "metadata", None) or {}
+    return serving_environment(onednn=True) if meta.get("grappler_onednn") is True else {}
 
 
 def serving_environment(*, onednn: bool | None = None) -> dict[str, str]:

@@ -164,6 +164,8 @@ def test_onednn_fusions_are_split_into_portable_ops(mobilenet):
     np.testing.assert_allclose(_run_in_fresh_process(portable, feeds, "0")["output"], ref, rtol=1e-4, atol=1e-6)
     default = GrapplerOptimize().run(folded.copy())
     assert default.counters["onednn_fusions_split"] > 0 and default.counters["isolated"] == 0
+    assert serving_config.recommended_environment(native) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert serving_config.recommended_environment(default.model) == {}
     assert ops(default.model) == ops(portable)
 
 
@@ -257,6 +259,13 @@ def test_serving_preset_beats_gtt_and_grappler_on_a_keras_model(mobilenet):
     assert not serving.lossy
     np.testing.assert_allclose(run_model(out, feeds, config=off())["output"], ref, rtol=1e-4, atol=1e-6)
     assert serving_config.recommended_optimizer(out) == "off"
+
+    fast = Pipeline.parse("serving-onednn").run(model).model  # for servers with oneDNN on
+    assert ops(fast)["_FusedDepthwiseConv2dNative"] == c["DepthwiseConv2dNative"]
+    assert len(fast.graph_def.node) < len(out.graph_def.node)
+    assert serving_config.recommended_environment(fast) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    if onednn_enabled():
+        np.testing.assert_allclose(run_model(fast, feeds, config=off())["output"], ref, rtol=1e-4, atol=1e-6)
 
 
 def test_serving_preset_on_a_tf1_graph_removes_check_numerics():
