@@ -41,6 +41,47 @@ def structural_problems(graph_def, must_keep: Iterable[str] = ()) -> list[str]:
     for keep in must_keep:
         if keep not in names:
             problems.append(f"node '{keep}' (signature input/output or init op) was removed")
+    problems.extend(malformed_constants(graph_def))
+    return problems
+
+
+# DataType enum -> bytes per element, for the fixed-size types (types.proto); strings, resources and
+# variants have no fixed size. A TensorProto's tensor_content must hold exactly elements x size bytes.
+_DTYPE_SIZES = {1: 4, 2: 8, 3: 4, 4: 1, 5: 2, 6: 1, 8: 8, 9: 8, 10: 1, 11: 1, 12: 1, 13: 4, 14: 2, 15: 2, 16: 2,
+                17: 2, 18: 16, 19: 2, 22: 4, 23: 8}
+_VARIABLE_SIZE_DTYPES = {7, 20, 21} | set(range(24, 31))  # string, resource, variant; float8/int4 left unchecked
+
+
+def malformed_constants(graph_def) -> list[str]:
+    """Const nodes whose tensor cannot be decoded: bad dtype, negative size, content of the wrong length.
+
+    TensorFlow imports such a graph without complaint, but GTT's transforms decode the
+    tensor with a CHECK and abort the whole process (fold_old_batch_norms: "Check failed:
+    tensor.FromProto(tensor_proto)"), so these are caught before any native code runs.
+    """
+    problems: list[str] = []
+    for node in graph_def.node:
+        if node.op != "Const" or "value" not in node.attr:
+            continue
+        tensor = node.attr["value"].tensor
+        dtype = tensor.dtype
+        if dtype not in _DTYPE_SIZES and dtype not in _VARIABLE_SIZE_DTYPES:
+            problems.append(f"constant '{node.name}' has an invalid dtype ({dtype})")
+            continue
+        if "dtype" in node.attr and node.attr["dtype"].type != dtype:
+            problems.append(f"constant '{node.name}' says dtype {node.attr['dtype'].type} but holds {dtype}")
+            continue
+        dims = [d.size for d in tensor.tensor_shape.dim]
+        if any(d < 0 for d in dims):
+            problems.append(f"constant '{node.name}' has a negative dimension {dims}")
+            continue
+        if tensor.tensor_content and dtype in _DTYPE_SIZES:
+            count = 1
+            for d in dims:
+                count *= d
+            if len(tensor.tensor_content) != count * _DTYPE_SIZES[dtype]:
+                problems.append(f"constant '{node.name}' of shape {dims} holds {len(tensor.tensor_content)} bytes, "
+                                f"not {count * _DTYPE_SIZES[dtype]}")
     return problems
 
 

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from graphopt.errors import PassError, UsageError
+from graphopt.graph_check import structural_problems
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
@@ -246,6 +247,33 @@ def gtt_step(name: str, args: list[tuple[str, str]]) -> str:
     return f"{name}(" + ", ".join(f"{k}={v}" if _GTT_BARE.match(v) else f'{k}="{v}"' for k, v in args) + ")"
 
 
+# Transforms that read or copy attributes by name with CHECK-failing lookups (transform_utils.cc
+# CopyNodeAttr, attr().at()): an attribute left at its default and stripped from the GraphDef
+# (strip_default_attrs, hand-written graphs) aborts the whole process -- measured: quantize_nodes
+# "No key 'transpose_a' found", fold_old_batch_norms "key not found: epsilon". They get the defaults first.
+_NEEDS_DEFAULT_ATTRS = {"quantize_nodes", "fold_old_batch_norms", "fold_batch_norms", "fuse_pad_and_conv",
+                        "fuse_resize_and_conv", "fuse_resize_pad_and_conv", "flatten_atrous_conv"}
+
+
+def with_default_attrs(graph_def: Any) -> Any:
+    """``graph_def`` itself if no node lacks a registered attr default, else a copy with them filled in."""
+    from tensorflow.python.framework import op_def_registry
+
+    missing: list[tuple[int, Any]] = []
+    for i, node in enumerate(graph_def.node):
+        op_def = op_def_registry.get(node.op)
+        for attr_def in op_def.attr if op_def is not None else []:
+            if attr_def.HasField("default_value") and attr_def.name not in node.attr:
+                missing.append((i, attr_def))
+    if not missing:
+        return graph_def
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    for i, attr_def in missing:
+        out.node[i].attr[attr_def.name].CopyFrom(attr_def.default_value)
+    return out
+
+
 class NativeTransform(Pass):
     """Base of the generated classes, one per GTT transform."""
 
@@ -285,9 +313,16 @@ class NativeTransform(Pass):
         init_nodes = [node_name(op) for op in model.init_ops]
         fetchable_only = self.native_name == "fold_constants"
         outputs = ",".join(dict.fromkeys(sig.output_nodes + ([] if fetchable_only else init_nodes)))
+        # GTT CHECK-fails (aborting the process) on some malformed graphs TF imports without complaint.
+        problems = structural_problems(model.graph_def)
+        if problems:
+            raise PassError(f"not running {self.native_name}: the graph is malformed: {problems[0]}",
+                            where=f"native {spec}", details=problems[1:6],
+                            hint="GTT's native code would abort on it; fix the model or the pass that produced it")
         transform = _binding()
+        source = with_default_attrs(model.graph_def) if self.native_name in _NEEDS_DEFAULT_ATTRS else model.graph_def
         try:
-            out_bytes = transform(model.graph_def.SerializeToString(), inputs, outputs, spec)
+            out_bytes = transform(source.SerializeToString(), inputs, outputs, spec)
         except Exception as exc:
             raise PassError(f"GTT transform failed: {str(exc).strip()}", where=f"native {spec}") from None
         graph_def = type(model.graph_def)()
@@ -308,7 +343,7 @@ class NativeTransform(Pass):
         else:
             # GTT re-emits nodes in a different order even when nothing changed (fold_constants does);
             # order carries no meaning, and counting it as a change would keep repeat groups spinning.
-            modified = not _same_graph_ignoring_order(graph_def, model.graph_def)
+            modified = not _same_graph_ignoring_order(graph_def, source)  # filled-in defaults are no change
         # No counters: GTT reports nothing of its own, and node/op deltas are in every PassRecord.
         return PassResult(model.with_graph(graph_def), modified=modified)
 

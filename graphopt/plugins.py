@@ -113,6 +113,11 @@ class Registry:
         close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
         if close:
             return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        # The pass may belong to a plugin that failed to load: say which, it is the likely cause.
+        failed = [f"{f.distribution} {f.version}" if f.distribution else f.plugin for f in self.failures]
+        if failed:
+            return (f"plugin(s) that failed to load may provide it: {', '.join(failed)}; "
+                    "run 'graphopt plugins' for why, 'graphopt passes' for what is available")
         return "run 'graphopt passes' to list every pass and preset"
 
     def pass_info(self, name: str) -> PassInfo:

@@ -51,3 +51,148 @@ def test_positions_do_not_count_in_equality_but_names_and_args_do():
     assert transform_spec.parse("x(a=1)") == transform_spec.parse("  x(a=1)")
     assert transform_spec.parse("x(a=1)") != transform_spec.parse("x(a=2)")
     assert issubclass(UsageError, GraphoptError)
+
+
+# --- mutated GraphDefs fed to load, analyze and diff -------------------------------------------------------------
+# A corrupted model must come back as a GraphoptError (an InputError from the loader), never as a raw
+# TensorFlow/protobuf/networkx exception and never as a process abort. What loads also goes through a few
+# native GTT transforms (the ones that aborted on stripped attrs and bad constants). The loop runs in one child process
+# (hypothesis inside it) so an abort in native code fails this test instead of killing the test run; the
+# child writes each example to a file before trying it, so an abort still names the input that caused it.
+
+GRAPH_EXAMPLES = 200  # ~15 s on 2 busy cores, TF import included
+
+_ODD_OPS = ["NoSuchOp", "", "Const", "Placeholder", "Identity", "Add", "MatMul", "NoOp", "Switch", "Merge",
+            "Enter", "NextIteration", "PartitionedCall", "ReadFile", "VarHandleOp", "FusedBatchNorm"]
+_ODD_INPUTS = ["ghost", "input:99", "^ghost", "", ":0", "input:-1", "w:1", "^input", "matmul:0:0", "a/b/c",
+               "prob", "^prob", "matmul:1"]
+
+
+def _mutations():
+    i = st.integers(0, 63)
+    return st.lists(st.one_of(
+        st.tuples(st.just("drop"), i),
+        st.tuples(st.just("same_name"), i, i),
+        st.tuples(st.just("input"), i, st.sampled_from(_ODD_INPUTS)),
+        st.tuples(st.just("add_input"), i, st.sampled_from(_ODD_INPUTS)),
+        st.tuples(st.just("op"), i, st.sampled_from(_ODD_OPS)),
+        st.tuples(st.just("drop_attr"), i, st.integers(0, 7)),
+        st.tuples(st.just("dtype"), i, st.sampled_from([0, 1, 3, 7, 20, 101, 1234])),
+        st.tuples(st.just("negative_dim"), i),
+        st.tuples(st.just("content"), i, st.binary(max_size=12)),
+        st.tuples(st.just("rename"), i, st.text(max_size=4)),
+    ), max_size=4)
+
+
+def _mutate(graph_def, mutations):
+    g = type(graph_def)()
+    g.CopyFrom(graph_def)
+    for m in mutations:
+        if not g.node:
+            break
+        node = g.node[m[1] % len(g.node)]
+        kind = m[0]
+        if kind == "drop":
+            del g.node[m[1] % len(g.node)]
+        elif kind == "same_name":
+            node.name = g.node[m[2] % len(g.node)].name
+        elif kind == "input" and node.input:
+            node.input[0] = m[2]
+        elif kind == "add_input":
+            node.input.append(m[2])
+        elif kind == "op":
+            node.op = m[2]
+        elif kind == "drop_attr" and node.attr:
+            del node.attr[sorted(node.attr)[m[2] % len(node.attr)]]
+        elif kind == "dtype":
+            key = next((k for k in ("dtype", "T") if k in node.attr), None)
+            if key:
+                node.attr[key].type = m[2]
+        elif kind == "negative_dim":
+            for key in ("shape", "value"):
+                if key in node.attr:
+                    shape = node.attr[key].shape if key == "shape" else node.attr[key].tensor.tensor_shape
+                    shape.dim.add(size=-5)
+        elif kind == "content" and "value" in node.attr:
+            node.attr["value"].tensor.tensor_content = m[2]
+        elif kind == "rename":
+            node.name = m[2]
+    return g
+
+
+def graph_fuzz_main(base_path: str, work: str, examples: int) -> None:
+    """The fuzz loop (run in a child process by the test below)."""
+    from pathlib import Path
+
+    from graphopt.analysis import analyze
+    from graphopt.diff import diff_models
+    from graphopt.loaders import load
+    from graphopt.loaders.graph_def import read_graph_def
+
+    from graphopt.pipeline import Pipeline
+    from graphopt.plugins import Host
+
+    pipeline = Pipeline.parse("fold_constants(ignore_errors=true) fold_old_batch_norms quantize_nodes "
+                              "strip_unused_nodes", host=Host.create(plugins=False))
+    base = load(base_path)
+    base_gd = read_graph_def(base_path)
+    data = base_gd.SerializeToString()
+    log = Path(work) / "current_example.txt"
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(_mutations(), st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(1, 255)), max_size=3),
+           st.one_of(st.none(), st.integers(0, len(data))), st.sampled_from(["graph", "graph", "graph", "bytes"]))
+    def check(mutations, flips, truncate_at, mode):
+        raw = bytearray(_mutate(base_gd, mutations).SerializeToString())
+        if mode == "graph":  # most examples stay parseable, so they get past protobuf into TF and graphopt
+            flips, truncate_at = [], None
+        for pos, xor in flips:
+            if raw:
+                raw[pos % len(raw)] ^= xor
+        if truncate_at is not None:
+            raw = raw[:truncate_at]
+        log.write_text(repr((mutations, flips, truncate_at, mode)))
+        path = Path(work) / "mutated.pb"
+        path.write_bytes(bytes(raw))
+        try:
+            model = load(path)
+        except GraphoptError:
+            model = None
+        if model is not None:
+            analyze(model)
+            diff_models(base, model)
+            try:  # and GTT's native code, where the known aborts were
+                pipeline.run(model)
+            except GraphoptError:
+                pass
+        # analysis and diff also take raw GraphDefs: whatever protobuf parses, even if it would not load
+        from tensorflow.core.framework import graph_pb2
+
+        try:
+            parsed = graph_pb2.GraphDef.FromString(bytes(raw))
+        except Exception:  # not protobuf at all: only the loader sees such bytes
+            return
+        for target in (analyze, lambda g: diff_models(base_gd, g)):
+            try:
+                target(parsed)
+            except GraphoptError:
+                pass
+
+    check()
+
+
+def test_mutated_graphdefs_raise_only_graphopt_errors(tmp_path, model_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests import models
+    from tests.conftest import ROOT
+
+    base = model_path("fuzz_frozen.pb", models.frozen_graph)
+    code = f"import tests.test_fuzz as t; t.graph_fuzz_main({str(base)!r}, {str(tmp_path)!r}, {GRAPH_EXAMPLES})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    last = (tmp_path / "current_example.txt").read_text() if (tmp_path / "current_example.txt").exists() else "?"
+    assert proc.returncode == 0, f"exit {proc.returncode}; last example {last}\n{proc.stderr[-4000:]}"

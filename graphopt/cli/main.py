@@ -106,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so plainly, traceback only with --debug
         if pre.debug:
             err.print_exception()
-        _render_error(err, GraphoptError(f"internal error: {type(exc).__name__}: {exc}", code=ExitCode.INTERNAL,
-                                         hint="rerun with --debug for the traceback and report it"))
+        info = host.registry.commands.get(args.command)
+        plugin = info.origin if info is not None and info.origin.kind == "plugin" else None
+        where = f"command {args.command}" + (f", plugin {plugin}" if plugin else "")
+        report = f"report it to the authors of {plugin}" if plugin else "report it"
+        _render_error(err, GraphoptError(f"internal error: {type(exc).__name__}: {exc}", where=where,
+                                         code=ExitCode.INTERNAL,
+                                         hint=f"rerun with --debug for the traceback and {report}"))
         return int(ExitCode.INTERNAL)
 
 

@@ -40,6 +40,12 @@ def read_graph_def(path: str) -> Any:
                          ) from None
     if not graph_def.node:
         raise InputError("the GraphDef has no nodes", where=path, hint="the file is probably not a TensorFlow graph")
+    from graphopt.graph_check import malformed_constants
+
+    broken = malformed_constants(graph_def)  # TF imports these, then native code aborts on them
+    if broken:
+        raise InputError(f"the GraphDef is corrupt: {broken[0]}", where=path, details=broken[1:6],
+                         hint="the file was damaged, or written by a buggy tool; export it again")
     return graph_def
 
 

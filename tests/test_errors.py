@@ -1,0 +1,411 @@
+"""The error corpus: every way a user can get it wrong, through the real CLI.
+
+Each case checks the whole contract of an error (docs/errors.md): one ``error:``
+line saying what and where, a hint, the exit code of its class, no traceback
+unless ``--debug`` (and one with it), nothing written, and the input tree
+byte-identical afterwards. A few cases also run in a child process, as a user
+would, for real exit codes and real plugin discovery.
+
+Tests run as root, where ``chmod`` does not stop writes: the "unwritable output"
+cases use a parent that is a regular file and ``/proc`` (which refuses new
+files even to root) instead of a read-only folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from graphopt.errors import ExitCode
+from tests import models
+from tests.conftest import run_subprocess
+
+# --- inputs, built once per session ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def inputs(model_path, tmp_path_factory) -> dict[str, Path]:
+    """Good models and broken copies of them, by name. Nothing here may change during the session."""
+    root = tmp_path_factory.mktemp("error_inputs")
+    frozen = model_path("errors_frozen.pb", models.frozen_graph)
+    tf2 = model_path("errors_tf2", models.keras_saved_model)
+    tf1 = model_path("errors_tf1", models.tf1_saved_model)
+    data = frozen.read_bytes()
+    files = {
+        "empty.pb": b"",
+        "truncated.pb": data[: len(data) // 3],
+        "random.pb": random.Random(7).randbytes(4096),
+        "syntax.pbtxt": b'node {\n  name: "x"\n  op: "Placeholder"\n  attr { key: "dtype" value { type: DT_FLOAT } }\n'
+                        b'}\nnode {{ name: "y" }\n',
+        "a_file": b"not a folder\n",
+    }
+    out = {"frozen": frozen, "tf2": tf2, "tf1": tf1}
+    for name, content in files.items():
+        (root / name).write_bytes(content)
+        out[name] = root / name
+    for name, src in (("tf2_novars", tf2), ("tf1_novars", tf1)):
+        import shutil
+
+        shutil.copytree(src, root / name)
+        for f in (root / name / "variables").iterdir():
+            f.unlink()  # the folder stays, empty: what an interrupted copy leaves
+        out[name] = root / name
+    return out
+
+
+def tree_hash(path: Path) -> str:
+    """One digest over every file's relative path and bytes under ``path`` (or of the file itself)."""
+    h = hashlib.sha256()
+    paths = sorted(p for p in path.rglob("*")) if path.is_dir() else [path]
+    for p in paths:
+        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# --- plugins used by the corpus: real distributions on sys.path ---------------------------------------------------
+
+
+def write_distribution(root: Path, dist: str, version: str, entry: str, module: str, source: str | None) -> None:
+    """An installed distribution as importlib.metadata sees it: a .dist-info folder (plus its module) on sys.path."""
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[graphopt]\n{entry} = {module}\n")
+    if source is not None:
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+CORPUS_PLUGIN = """
+    from graphopt import hookimpl, function_pass
+
+    @function_pass(name="explode")
+    def explode(model):
+        raise RuntimeError("kaboom inside the plugin")
+
+    @function_pass(name="dangle")
+    def dangle(model):
+        node = model.graph_def.node.add(name="dangling", op="Identity", input=["ghost"])
+        node.attr["T"].type = 1
+        return model
+
+    def _configure(parser):
+        pass
+
+    def _run(args, ctx):
+        raise ValueError("the plugin command has a bug")
+
+    @hookimpl
+    def register_passes(register):
+        register(explode)
+        register(dangle)
+
+    @hookimpl
+    def register_commands(register):
+        register("corpus-boom", "a plugin command that fails", _configure, _run)
+"""
+
+HOOK_ONLY_PLUGIN = """
+    import os
+    from pathlib import Path
+
+    from graphopt import hookimpl
+
+    @hookimpl
+    def graphopt_pass_start(pass_, model, context):
+        mark = os.environ.get("GRAPHOPT_TEST_HOOK_MARK")
+        if mark:
+            with open(mark, "a") as f:
+                f.write(pass_.name + "\\n")
+"""
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """Working plugins: passes that fail in two ways, a failing command, and a hook-only observer."""
+    root = tmp_path_factory.mktemp("plugin_site")
+    write_distribution(root, "graphopt-error-corpus", "0.3.0", "error_corpus", "graphopt_error_corpus", CORPUS_PLUGIN)
+    write_distribution(root, "graphopt-hook-only", "0.1.0", "hook_only", "graphopt_hook_only", HOOK_ONLY_PLUGIN)
+    return root
+
+
+@pytest.fixture(scope="session")
+def broken_site(tmp_path_factory) -> Path:
+    """A plugin whose module imports something that is not installed."""
+    root = tmp_path_factory.mktemp("broken_site")
+    write_distribution(root, "graphopt-cannot-import", "1.2.3", "cannot_import", "graphopt_cannot_import",
+                       "import graphopt_dependency_that_is_not_installed\n")
+    return root
+
+
+@pytest.fixture
+def with_plugins(plugin_site, monkeypatch):
+    """Put the corpus plugins on sys.path for in-process CLI calls."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(plugin_site))
+    importlib.invalidate_caches()
+    return plugin_site
+
+
+# --- the corpus --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[dict[str, Path], Path], list]  # (inputs, free output path) -> arguments
+    code: ExitCode
+    says: str  # in the error line
+    input: str  # the input whose tree must not change
+    plugins: bool = False
+
+
+def _opt(src: str, *extra, out_name: str | None = None):
+    return lambda i, out: ["optimize", i[src], "-o", out if out_name is None else out_name, *extra]
+
+
+CASES = [
+    Case("missing-path", lambda i, out: ["optimize", i["a_file"].parent / "no_such_model", "-o", out],
+         ExitCode.INPUT, "model path does not exist", "a_file"),
+    Case("empty-file", _opt("empty.pb"), ExitCode.INPUT, "model file is empty", "empty.pb"),
+    Case("truncated-pb", _opt("truncated.pb"), ExitCode.INPUT, "not a binary GraphDef", "truncated.pb"),
+    Case("random-bytes-pb", _opt("random.pb"), ExitCode.INPUT, "not a binary GraphDef", "random.pb"),
+    Case("pbtxt-syntax", _opt("syntax.pbtxt"), ExitCode.INPUT, "not a text GraphDef", "syntax.pbtxt"),
+    Case("tf2-missing-variables", _opt("tf2_novars"), ExitCode.INPUT, "variables", "tf2_novars"),
+    Case("tf1-missing-variables", _opt("tf1_novars", "--tags", "custom,cpu", "--signature", "scores"),
+         ExitCode.INPUT, "variables", "tf1_novars"),
+    Case("wrong-signature", _opt("tf2", "--signature", "serving_defualt"), ExitCode.INPUT,
+         "no signature 'serving_defualt'", "tf2"),
+    Case("wrong-tags", _opt("tf1", "--tags", "serve"), ExitCode.INPUT, "no meta graph with tags", "tf1"),
+    Case("unknown-input", _opt("frozen", "--inputs", "inputt"), ExitCode.INPUT, "input 'inputt' is not in the graph",
+         "frozen"),
+    Case("unknown-output", _opt("frozen", "--outputs", "prob,nope"), ExitCode.INPUT,
+         "output 'nope' is not in the graph", "frozen"),
+    Case("unknown-transform", _opt("frozen", "--transforms", "fold_constant"), ExitCode.USAGE,
+         "unknown pass 'fold_constant'", "frozen"),
+    Case("missing-argument", _opt("frozen", "--transforms", "remove_nodes"), ExitCode.USAGE,
+         "option 'op' is required", "frozen"),
+    Case("unknown-argument", _opt("frozen", "--transforms", "fold_constants(ignore_error=true)"), ExitCode.USAGE,
+         "unknown option 'ignore_error'", "frozen"),
+    Case("bad-argument-value", _opt("frozen", "--transforms", "quantize_weights(minimum_size=big)"), ExitCode.USAGE,
+         "expects int", "frozen"),
+    Case("unbalanced-quotes", _opt("frozen", "--transforms", 'remove_nodes(op="Identity)'), ExitCode.USAGE,
+         "unbalanced quote", "frozen"),
+    Case("plugin-pass-raises", _opt("frozen", "--transforms", "fold_constants explode"), ExitCode.PASS,
+         "kaboom inside the plugin", "frozen", plugins=True),
+    Case("pass-returns-invalid-graph", _opt("frozen", "--transforms", "dangle"), ExitCode.PASS,
+         "invalid graph", "frozen", plugins=True),
+    Case("plugin-command-bug", lambda i, out: ["corpus-boom"], ExitCode.INTERNAL, "internal error", "frozen",
+         plugins=True),
+    Case("verification-fails", _opt("frozen", "--transforms", "quantize_weights(minimum_size=1)", "--tolerance",
+                                    "1e-9"), ExitCode.VERIFY, "differ", "frozen"),
+    Case("output-parent-is-a-file", lambda i, out: ["optimize", i["frozen"], "-o", i["a_file"] / "out.pb"],
+         ExitCode.OUTPUT, "a_file", "a_file"),
+    Case("output-unwritable-proc", lambda i, out: ["optimize", i["frozen"], "-o", "/proc/graphopt_out.pb"],
+         ExitCode.OUTPUT, "/proc", "frozen"),
+    Case("output-inside-input", lambda i, out: ["optimize", i["tf2"], "-o", i["tf2"] / "optimized"],
+         ExitCode.OUTPUT, "inside the input", "tf2"),
+    Case("output-replaces-input", lambda i, out: ["optimize", i["frozen"], "-o", i["frozen"], "--force"],
+         ExitCode.OUTPUT, "inside the input", "frozen"),
+    Case("output-is-input-parent", lambda i, out: ["optimize", i["truncated.pb"], "-o", i["truncated.pb"].parent,
+                                                   "--force"],
+         ExitCode.INPUT, "not a binary GraphDef", "truncated.pb"),
+]
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_error_corpus(case: Case, inputs, cli, tmp_path, request):
+    if case.plugins:
+        request.getfixturevalue("with_plugins")
+    out = tmp_path / "result.pb"
+    argv = case.argv(inputs, out)
+    before = tree_hash(inputs[case.input])
+    for debug in (False, True):
+        code, stdout, err = cli(*(["--debug"] if debug else []), *argv)
+        assert code == case.code, f"{case.id}: exit {code}, stderr:\n{err}"
+        (line,) = _error_lines(err)
+        assert case.says in line, line
+        # where: the error line names a location in parentheses; and every class gives a hint
+        assert line.rstrip().endswith(")"), line
+        assert "\nhint: " in err, err
+        assert ("Traceback" in err) is debug, err
+        assert list(tmp_path.iterdir()) == [], f"{case.id} left output behind"
+        assert not Path("/proc/graphopt_out.pb").exists()
+    assert tree_hash(inputs[case.input]) == before, f"{case.id} changed its input"
+    assert not any(p.name.startswith(".") for p in inputs["a_file"].parent.iterdir())  # no temp siblings
+
+
+def test_every_error_class_has_its_own_exit_code():
+    codes = {ExitCode.USAGE, ExitCode.INPUT, ExitCode.PASS, ExitCode.VERIFY, ExitCode.INTERNAL, ExitCode.OUTPUT,
+             ExitCode.UNSAFE}
+    assert len({int(c) for c in codes}) == len(codes) and ExitCode.OK not in codes
+    assert {c.code for c in CASES} >= {ExitCode.USAGE, ExitCode.INPUT, ExitCode.PASS, ExitCode.VERIFY,
+                                       ExitCode.INTERNAL, ExitCode.OUTPUT}
+
+
+# --- the same, as a user runs it: real process, real exit status -------------------------------------------------
+
+
+@pytest.mark.parametrize("case_id", ["missing-path", "random-bytes-pb", "unbalanced-quotes"])
+def test_exit_codes_in_a_child_process(case_id, inputs, tmp_path):
+    case = next(c for c in CASES if c.id == case_id)
+    before = tree_hash(inputs[case.input])
+    proc = run_subprocess(*case.argv(inputs, tmp_path / "result.pb"))
+    assert proc.returncode == case.code, proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert case.says in line and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == [] and tree_hash(inputs[case.input]) == before
+
+
+def test_a_plugin_that_fails_to_import_is_one_warning_and_the_run_goes_on(inputs, plugin_site, broken_site,
+                                                                         tmp_path):
+    env = {"PYTHONPATH": os.pathsep.join([str(broken_site), str(plugin_site)])}
+    out = tmp_path / "out.pb"
+    proc = run_subprocess("optimize", inputs["frozen"], "-o", out, "--transforms", "fold_constants", env=env)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    (warning,) = warnings
+    assert "cannot_import" in warning and "graphopt-cannot-import 1.2.3" in warning
+    assert "graphopt_dependency_that_is_not_installed" in warning and "Traceback" not in proc.stderr
+    assert out.exists()
+    # The other plugins loaded: their pass is there, and failing the way it should.
+    proc = run_subprocess("--debug", "optimize", inputs["frozen"], "-o", tmp_path / "x.pb", "--transforms", "explode",
+                          env=env)
+    assert proc.returncode == ExitCode.PASS and "kaboom inside the plugin" in proc.stderr
+    assert "Traceback" in proc.stderr  # --debug: the plugin's own traceback is shown
+    assert not (tmp_path / "x.pb").exists()
+    # Asking for a pass the broken plugin would have provided: the hint says which plugin failed.
+    proc = run_subprocess("optimize", inputs["frozen"], "-o", tmp_path / "y.pb", "--transforms", "cannot_import_pass",
+                          env=env)
+    assert proc.returncode == ExitCode.USAGE
+    assert "graphopt-cannot-import 1.2.3" in _hint(proc.stderr)
+
+
+def _hint(err: str) -> str:
+    return "\n".join(line for line in err.splitlines() if line.startswith("hint:"))
+
+
+# --- plugins switched off really are off, hooks included ---------------------------------------------------------
+
+
+def test_hook_only_plugin_runs_only_when_allowed(with_plugins, inputs, cli, tmp_path, monkeypatch):
+    mark = tmp_path / "hook_ran.txt"
+    monkeypatch.setenv("GRAPHOPT_TEST_HOOK_MARK", str(mark))
+    args = ["optimize", inputs["frozen"], "-o", tmp_path / "out", "--format", "pb", "--transforms", "fold_constants",
+            "--no-verify", "--force"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    assert mark.read_text().split() == ["fold_constants"]
+    mark.unlink()
+    for flags, env in (([ "--no-plugins"], {}), (["--plugins", "error_corpus"], {}),
+                       ([], {"GRAPHOPT_NO_PLUGINS": "1"}), ([], {"GRAPHOPT_PLUGINS": "graphopt-error-corpus"})):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            code, _, err = cli(*flags, *args)
+        assert code == 0, (flags, env, err)
+        assert not mark.exists(), f"hook ran with {flags} {env}"
+    code, _, err = cli("--plugins", "hook_only", *args)
+    assert code == 0 and mark.read_text().split() == ["fold_constants"]
+
+
+# --- native aborts become errors ---------------------------------------------------------------------------------
+# Each of these aborted the whole process (F-level CHECK in GTT's C++) before graphopt checked for it; found by
+# feeding GTT's binding every native transform on odd graphs in child processes. The checks run in a child
+# here too, so a regression fails this test instead of killing the test run.
+
+NATIVE_GUARDS = r'''
+import json, sys
+import numpy as np
+import tensorflow as tf
+from graphopt.errors import GraphoptError
+from graphopt.model import Model, Signature, TensorSpec
+from graphopt.pipeline import Pipeline
+from graphopt.plugins import Host
+from graphopt.runtime import run_model
+
+out_dir = sys.argv[1]
+v1 = tf.compat.v1
+g = tf.Graph()
+with g.as_default():
+    x = v1.placeholder(tf.float32, [1, 4, 4, 3], name="x")
+    k = tf.constant(np.random.default_rng(0).standard_normal((1, 1, 3, 2)).astype(np.float32), name="k")
+    conv = tf.nn.conv2d(x, k, 1, "SAME", name="conv")
+    c = lambda value, name: tf.constant(np.full(2, value, np.float32), name=name)  # noqa: E731
+    bn = tf.raw_ops.FusedBatchNorm(x=conv, scale=c(1.5, "scale"), offset=c(0.1, "offset"), mean=c(0.2, "mean"),
+                                   variance=c(0.9, "var"), epsilon=1e-4, is_training=False, name="bn")[0]
+    flat = tf.reshape(bn, [1, 32])
+    w = tf.constant(np.random.default_rng(1).standard_normal((32, 3)).astype(np.float32), name="w")
+    tf.identity(tf.matmul(flat, w, name="mm"), name="y")
+stripped = g.as_graph_def()
+for node in stripped.node:  # what strip_default_attrs writes: attrs at their op's default left out
+    if node.op == "FusedBatchNorm":
+        del node.attr["epsilon"]
+    if node.op == "MatMul":
+        del node.attr["transpose_a"], node.attr["transpose_b"]
+sig = Signature({"x": TensorSpec("x:0", "float32", (1, 4, 4, 3))}, {"y": TensorSpec("y:0", "float32", (1, 3))})
+host = Host.create(plugins=False)
+feeds = {"x": np.random.default_rng(2).standard_normal((1, 4, 4, 3)).astype(np.float32)}
+result = {}
+model = Model(stripped, sig)
+expected = run_model(model, feeds)["y"]
+for spec in ("fold_old_batch_norms", "quantize_nodes"):
+    got = Pipeline.parse(spec, host=host).run(model)
+    ops = sorted({n.op for n in got.model.graph_def.node})
+    diff = float(np.max(np.abs(run_model(got.model, feeds)["y"] - expected)))
+    result[spec] = {"ops": ops, "diff": diff, "scale": float(np.max(np.abs(expected)))}
+
+bad = g.as_graph_def()
+for node in bad.node:
+    if node.name == "k":
+        node.attr["value"].tensor.tensor_content = b"\0\0\0"  # TF imports this; GTT's FromProto CHECK aborts
+try:
+    Pipeline.parse("fold_old_batch_norms", host=host).run(Model(bad, sig))
+    result["malformed"] = "no error"
+except GraphoptError as exc:
+    result["malformed"] = [type(exc).__name__, int(exc.code), exc.message]
+path = out_dir + "/malformed.pb"
+open(path, "wb").write(bad.SerializeToString())
+from graphopt.loaders import load
+try:
+    load(path, inputs=["x"], outputs=["y"])
+    result["malformed_load"] = "no error"
+except GraphoptError as exc:
+    result["malformed_load"] = [type(exc).__name__, int(exc.code), exc.message]
+print(json.dumps(result))
+'''
+
+
+def test_native_transforms_that_aborted_are_now_guarded(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", NATIVE_GUARDS, str(tmp_path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]  # -6 (SIGABRT) if a guard is gone
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Stripped default attrs (epsilon, transpose_a/b) no longer abort, and the result still computes the same.
+    folded = result["fold_old_batch_norms"]
+    assert "FusedBatchNorm" not in folded["ops"] and folded["diff"] < 1e-4 * max(1.0, folded["scale"])
+    quantized = result["quantize_nodes"]
+    assert "QuantizedMatMul" in quantized["ops"] or "QuantizedConv2D" in quantized["ops"]
+    assert quantized["diff"] < 0.1 * quantized["scale"]  # eight-bit: close, not equal
+    # A constant whose bytes do not match its shape: an error naming it, before native code sees it.
+    assert result["malformed"][:2] == ["PassError", ExitCode.PASS] and "'k'" in result["malformed"][2]
+    assert result["malformed_load"][:2] == ["InputError", ExitCode.INPUT] and "'k'" in result["malformed_load"][2]
