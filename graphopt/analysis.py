@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model
+from graphopt.safety import scan as scan_unsafe
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
@@ -247,6 +248,8 @@ class GraphStats:
     signature: dict[str, Any] | None = None
     source: str | None = None
     format: str | None = None
+    # ops that reach outside the process (graphopt.safety.scan): {node, op, reason, function}
+    unsafe_ops: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def num_functions(self) -> int:
@@ -274,6 +277,7 @@ class GraphStats:
             "num_functions": self.num_functions,
             "functions": dict(self.functions),
             "largest_constants": [c.to_dict() for c in self.largest_constants],
+            "unsafe_ops": [dict(u) for u in self.unsafe_ops],
         }
 
 
@@ -397,6 +401,7 @@ def _analyze(source: Any, graph: GraphModel | None, largest: int, size_bytes: in
         signature=model.signature.to_dict() if model else None,
         source=model.source if model else None,
         format=model.format if model else None,
+        unsafe_ops=[f.to_dict() for f in scan_unsafe(graph_def)],
     )
 
 

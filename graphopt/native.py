@@ -304,6 +304,14 @@ class NativeTransform(Pass):
         auto_inputs = self.native_name == "strip_unused_nodes" and bool(_strip_unused_args(model, self.config))
         if auto_inputs:
             args.extend(_strip_unused_args(model, self.config))
+        if self.native_name == "fold_constants":
+            # Constant folding *executes* what it folds: a ReadFile of a constant path would read the file on
+            # this machine and bake its bytes into the model (measured). Never fold ops that reach outside.
+            from graphopt.safety import scan
+
+            for op in sorted({f.op for f in scan(model.graph_def)}):
+                if ("exclude_op", op) not in args:
+                    args.append(("exclude_op", op))
         spec = gtt_step(self.native_name, args)
         sig = model.signature
         inputs = ",".join(sig.input_nodes)

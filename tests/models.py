@@ -427,3 +427,27 @@ def string_lookup_keras_file(path):
     expected = np.asarray(model(words.astype(str)))
     model.save(str(path))
     np.savez(str(path) + ".expected.npz", words=words.astype(bytes), expected=expected)
+
+
+def unsafe_ops_saved_model(path):
+    """A TF2 SavedModel whose signature reads a file (``ReadFile``) and calls Python (``EagerPyFunc``).
+
+    The file it reads, ``<path>.config.txt``, holds "1234" and lives beside (not inside) the model.
+    """
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    config = Path(str(path) + ".config.txt")
+    config.write_text("1234")
+
+    class Untrusted(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            length = tf.cast(tf.strings.length(tf.io.read_file(str(config))), tf.float32)
+            doubled = tf.py_function(lambda v: v * 2.0, [x], tf.float32)
+            doubled.set_shape([None, 2])
+            return {"y": doubled + length}
+
+    module = Untrusted()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})

@@ -409,3 +409,58 @@ def test_native_transforms_that_aborted_are_now_guarded(tmp_path):
     # A constant whose bytes do not match its shape: an error naming it, before native code sees it.
     assert result["malformed"][:2] == ["PassError", ExitCode.PASS] and "'k'" in result["malformed"][2]
     assert result["malformed_load"][:2] == ["InputError", ExitCode.INPUT] and "'k'" in result["malformed_load"][2]
+
+
+# --- untrusted models: listed by inspect, refused before anything runs them ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def unsafe_model(model_path) -> Path:
+    return model_path("unsafe_ops_tf2", models.unsafe_ops_saved_model)
+
+
+def _ops_of(path: Path) -> list[str]:
+    import tensorflow as tf
+
+    return sorted(n.op for n in tf.compat.v1.GraphDef.FromString(path.read_bytes()).node)
+
+
+def test_inspect_lists_ops_that_reach_outside(unsafe_model, cli):
+    import json
+
+    code, out, _ = cli("inspect", unsafe_model, "--json")
+    assert code == 0
+    found = {u["op"]: u for u in json.loads(out)["unsafe_ops"]}
+    assert set(found) == {"ReadFile", "EagerPyFunc"}
+    assert found["EagerPyFunc"]["reason"] == "runs arbitrary Python code" and found["ReadFile"]["function"] is None
+    code, out, _ = cli("inspect", unsafe_model)
+    assert code == 0 and "2 ops reach outside the process" in out and "EagerPyFunc runs arbitrary Python code" in out
+
+
+def test_verify_bench_and_serve_refuse_unsafe_ops_unless_allowed(unsafe_model, cli, tmp_path):
+    before = tree_hash(unsafe_model)
+    code, _, err = cli("optimize", unsafe_model, "-o", tmp_path / "out")
+    assert code == ExitCode.UNSAFE and "refusing to run the original model for verification" in err
+    assert "EagerPyFunc" in err and "ReadFile" in err and "--allow-unsafe-ops" in err
+    code, _, err = cli("optimize", unsafe_model, "-o", tmp_path / "out", "--allow-unsafe-ops", "ReadFile")
+    assert code == ExitCode.UNSAFE and "(EagerPyFunc)" in err  # only what was not allowed is named
+    assert not (tmp_path / "out").exists()
+    code, _, err = cli("bench", unsafe_model, "--runs", "1", "--warmup", "0", "--no-cold")
+    assert code == ExitCode.UNSAFE and "refusing to run it for benchmarking" in err
+    # Optimizing without running is allowed; the export then is what serve refuses.
+    code, _, err = cli("optimize", unsafe_model, "--serving-dir", tmp_path / "base", "--no-verify")
+    assert code == 0, err
+    code, _, err = cli("serve", tmp_path / "base", "--port", "0", "--rest-port", "0")
+    assert code == ExitCode.UNSAFE and "refusing to serve it" in err
+    assert tree_hash(unsafe_model) == before
+
+
+def test_constant_folding_does_not_execute_file_reads(unsafe_model, cli, tmp_path):
+    # GTT's fold_constants evaluates what it folds: before the guard it read <model>.config.txt on this
+    # machine and baked its length (4.0) into the optimized graph.
+    out = tmp_path / "folded.pb"
+    code, _, err = cli("optimize", unsafe_model, "-o", out, "--no-verify", "--transforms",
+                       "fold_constants(ignore_errors=true)")
+    assert code == 0, err
+    ops = _ops_of(out)
+    assert "ReadFile" in ops and "StringLength" in ops

@@ -214,6 +214,15 @@ def render_inspect(console: Console, stats: "GraphStats", *, limit: int = MAX_RO
                       highlight=False, style="yellow")
     else:
         console.print(Text("\nevery node feeds an output", style="green"))
+    if stats.unsafe_ops:
+        n = len(stats.unsafe_ops)
+        console.print(Text(f"\n{n} ops reach outside the process (verify, bench and serve refuse to run them "
+                           "without --allow-unsafe-ops)", style="bold red"))
+        for u in stats.unsafe_ops[:limit]:
+            where = f"{u['function']}/{u['node']}" if u["function"] else u["node"]
+            console.print(f"  {escape(where)}: {u['op']} {u['reason']}", highlight=False, style="red")
+        if n > limit:
+            console.print(f"  … and {n - limit} more", highlight=False, style="red")
     if stats.functions:
         console.print(Text(f"\nfunctions ({stats.num_functions})", style="bold"))
         for name, count in list(stats.functions.items())[:limit]:
