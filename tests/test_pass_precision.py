@@ -194,3 +194,33 @@ def test_passes_from_a_transform_string_are_lossy_in_the_pipeline_record():
     assert result.lossy
     ref = run_model(model, feeds)["y"]
     assert rel_diff(run_model(result.model, feeds)["y"], ref) < 2e-2
+
+
+def test_weights_inside_a_tf1_while_loop_stay_in_the_loop_frame():
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 64)).astype(np.float32) / 8
+    cf_v2 = v1.control_flow_v2_enabled()
+    v1.disable_control_flow_v2()  # a real TF1 loop: the weight Const gets a control input from the frame
+    try:
+        g = tf.Graph()
+        with g.as_default():
+            x = v1.placeholder(tf.float32, [None, 64], name="x")
+            _, y = v1.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, tf.matmul(v, tf.constant(w, name="w"))),
+                                 [tf.constant(0), x])
+            tf.identity(y, name="y")
+    finally:
+        if cf_v2:
+            v1.enable_control_flow_v2()
+    gd = g.as_graph_def()
+    assert any(n.op == "Const" and n.input and n.attr["dtype"].type == 1 for n in gd.node)
+    model = Model(gd, Signature({"x": TensorSpec("x:0", "float32", (None, 64))},
+                                {"y": TensorSpec("y:0", "float32", (None, 64))}))
+    feeds = {"x": rng.random((2, 64)).astype(np.float32)}
+    ref = run_model(model, feeds)["y"]
+    for pass_ in (WeightsToFp16(), WeightsToInt8()):
+        result = pass_.run(model.copy())
+        assert result.counters["converted"] == 1
+        assert rel_diff(run_model(result.model, feeds)["y"], ref) < 3e-2

@@ -101,11 +101,17 @@ def _float_consts(graph_def, protected: set[str], minimum_size: int):
         yield node, tensor_util.MakeNdarray(node.attr["value"].tensor)
 
 
-def _const(name: str, array: np.ndarray, device: str):
+def _control_inputs(node) -> list[str]:
+    # A Const inside a TF1 while loop has a control input that puts it in the loop's frame; its
+    # replacements need the same, or the loop reads a tensor from outside its frame.
+    return [i for i in node.input if i.startswith("^")]
+
+
+def _const(name: str, array: np.ndarray, device: str, control: list[str] = ()):
     from tensorflow.core.framework import node_def_pb2
     from tensorflow.python.framework import dtypes, tensor_util
 
-    node = node_def_pb2.NodeDef(name=name, op="Const", device=device)
+    node = node_def_pb2.NodeDef(name=name, op="Const", device=device, input=list(control))
     node.attr["dtype"].type = dtypes.as_dtype(array.dtype).as_datatype_enum
     node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(array))
     return node
@@ -170,8 +176,9 @@ class WeightsToFp16(Pass):
             if scale > 0:
                 max_err = max(max_err, float(np.abs(half.astype(np.float32) - w).max() / scale))
             before = node.ByteSize()
+            control = _control_inputs(node)
             const_name = _unused_name(f"{node.name}/fp16", names)
-            const = _const(const_name, half, node.device)
+            const = _const(const_name, half, node.device, control)
             _turn_into(node, "Cast", [const_name], {"SrcT": 19, "DstT": 1, "Truncate": False})  # half -> float
             new_nodes.append(const)
             bytes_saved += before - node.ByteSize() - const.ByteSize()
@@ -249,7 +256,8 @@ class WeightsToInt8(Pass):
             q_name = _unused_name(f"{node.name}/int8", names)
             cast_name = _unused_name(f"{node.name}/dequantize", names)
             scale_name = _unused_name(f"{node.name}/scale", names)
-            added = [_const(q_name, q, node.device), _const(scale_name, scale, node.device)]
+            control = _control_inputs(node)
+            added = [_const(q_name, q, node.device, control), _const(scale_name, scale, node.device, control)]
             from tensorflow.core.framework import node_def_pb2
 
             cast = node_def_pb2.NodeDef(name=cast_name, op="Cast", device=node.device, input=[q_name])
