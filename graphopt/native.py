@@ -274,6 +274,32 @@ def with_default_attrs(graph_def: Any) -> Any:
     return out
 
 
+def native_preconditions(graph_def: Any, names: list[str], *, importable: bool = False) -> list[str]:
+    """What must hold before GTT's binding sees ``graph_def``, as problems naming the node at fault.
+
+    Structure (unique names, inputs that exist, constants that decode: TF imports a constant
+    whose bytes do not match its shape, GTT aborts on it) and the signature's nodes present.
+    ``importable`` also imports the graph (without large constant values): the transforms that
+    decode constants and copy attributes abort on a rank or dtype mismatch TF's importer reports
+    (fold_old_batch_norms on a rank-1 or int32 Conv2D filter, quantize_nodes on a Conv2D without
+    ``strides``). Graphs from loaders and passes are importable already; this protects API callers.
+    """
+    problems = structural_problems(graph_def)
+    present = {n.name for n in graph_def.node}
+    problems += [f"signature node '{n}' is not in the graph" for n in dict.fromkeys(names) if n not in present]
+    if importable and not problems:
+        import tensorflow as tf
+
+        from graphopt.graph_check import skeleton
+
+        try:
+            with tf.Graph().as_default():
+                tf.graph_util.import_graph_def(skeleton(graph_def), name="")
+        except Exception as exc:  # any import error means GTT would get a graph TF itself rejects
+            problems.append("TensorFlow cannot import it: " + (str(exc).strip().split("\n")[0] or type(exc).__name__))
+    return problems
+
+
 class NativeTransform(Pass):
     """Base of the generated classes, one per GTT transform."""
 
@@ -321,8 +347,9 @@ class NativeTransform(Pass):
         init_nodes = [node_name(op) for op in model.init_ops]
         fetchable_only = self.native_name == "fold_constants"
         outputs = ",".join(dict.fromkeys(sig.output_nodes + ([] if fetchable_only else init_nodes)))
-        # GTT CHECK-fails (aborting the process) on some malformed graphs TF imports without complaint.
-        problems = structural_problems(model.graph_def)
+        # GTT CHECK-fails (aborting the process) on malformed graphs: check what it relies on first.
+        problems = native_preconditions(model.graph_def, list(sig.input_nodes) + list(sig.output_nodes),
+                                        importable=self.native_name in _NEEDS_DEFAULT_ATTRS)
         if problems:
             raise PassError(f"not running {self.native_name}: the graph is malformed: {problems[0]}",
                             where=f"native {spec}", details=problems[1:6],

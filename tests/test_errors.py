@@ -377,6 +377,17 @@ try:
     result["malformed"] = "no error"
 except GraphoptError as exc:
     result["malformed"] = [type(exc).__name__, int(exc.code), exc.message]
+rank1 = g.as_graph_def()
+for node in rank1.node:
+    if node.name == "k":  # a Conv2D filter of rank 1: TF's importer rejects it, GTT's shape CHECK aborts
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ones(6, np.float32)))
+gone = Signature(sig.inputs, {"z": TensorSpec("z:0", "float32", (1, 3))})
+for name, (graph, signature) in {"rank1": (rank1, sig), "missing_output": (g.as_graph_def(), gone)}.items():
+    try:
+        Pipeline.parse("fold_old_batch_norms", host=host).run(Model(graph, signature))
+        result[name] = "no error"
+    except GraphoptError as exc:
+        result[name] = [type(exc).__name__, int(exc.code), exc.message]
 path = out_dir + "/malformed.pb"
 open(path, "wb").write(bad.SerializeToString())
 from graphopt.loaders import load
@@ -409,6 +420,8 @@ def test_native_transforms_that_aborted_are_now_guarded(tmp_path):
     # A constant whose bytes do not match its shape: an error naming it, before native code sees it.
     assert result["malformed"][:2] == ["PassError", ExitCode.PASS] and "'k'" in result["malformed"][2]
     assert result["malformed_load"][:2] == ["InputError", ExitCode.INPUT] and "'k'" in result["malformed_load"][2]
+    assert result["rank1"][:2] == ["PassError", ExitCode.PASS] and "cannot import" in result["rank1"][2]
+    assert result["missing_output"][:2] == ["PassError", ExitCode.PASS] and "'z'" in result["missing_output"][2]
 
 
 # --- untrusted models: listed by inspect, refused before anything runs them ------------------------------------
