@@ -295,3 +295,17 @@ def test_lossy_presets_shrink_and_report_their_error(mobilenet, preset, max_size
     config = serving_config.session_config_proto(runtime_optimizer=serving_config.recommended_optimizer(out))
     got = run_model(out, feeds, config=config)["output"]
     assert np.abs(got - ref).max() / np.abs(ref).max() <= max_error
+
+
+def test_a_graph_with_a_function_library_is_optimized_in_a_child_and_still_runs():
+    from models import tf2_function_model
+
+    model = tf2_function_model()
+    assert len(model.graph_def.library.function) > 0
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)}
+    ref = run_model(model, feeds)["y"]
+    result = GrapplerOptimize(onednn="current").run(model.copy())
+    assert result.counters["isolated"] == 1  # isolate=auto: function bodies are only checked inside Grappler
+    np.testing.assert_allclose(run_model(result.model, feeds, config=off())["y"], ref, rtol=1e-6)
+    serving = Pipeline.parse("serving").run(model).model
+    np.testing.assert_allclose(run_model(serving, feeds, config=off())["y"], ref, rtol=1e-6)
