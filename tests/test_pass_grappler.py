@@ -201,6 +201,8 @@ def test_options_from_a_transform_string_and_bad_options():
     assert ops(result.model)["_FusedMatMul"] == 1
     with pytest.raises(UsageError):
         Pipeline.parse("grappler_optimize(isolate=sometimes)")
+    with pytest.raises(UsageError, match="constfolding"):  # Grappler itself would silently skip a wrong name
+        Pipeline.parse("grappler_optimize(optimizers=constfolding)")
 
 
 def test_weights_compressed_after_grappler_stay_compressed_and_ask_for_constfold(mobilenet):

@@ -32,6 +32,12 @@ from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
 
 DEFAULT_DEVICE = "/device:CPU:0"
+# Names Grappler's meta optimizer accepts in RewriterConfig.optimizers (MakeNewOptimizer in meta_optimizer.cc);
+# it silently skips any other name, so they are checked here.
+GRAPPLER_OPTIMIZERS = ("pruning", "function", "constfold", "shape", "remap", "layout", "auto_mixed_precision",
+                       "auto_mixed_precision_mkl", "auto_mixed_precision_onednn_bfloat16", "auto_mixed_precision_cpu",
+                       "memory", "common_subgraph_elimination", "arithmetic", "autoparallel", "loop", "dependency",
+                       "debug_stripper", "scoped_allocator", "pin_to_host")
 
 
 def check_preconditions(model: Model) -> list[str]:
@@ -279,7 +285,8 @@ class GrapplerOptimize(Pass):
                    "(fused kernels as the runtime would build them); serve with runtime Grappler off.")
     options = {
         "device": Option(str, DEFAULT_DEVICE, "device every node is placed on before optimizing ('' for none)"),
-        "optimizers": Option(list, [], "Grappler optimizers to run (e.g. constfold, remap); default: Grappler's set"),
+        "optimizers": Option(list, [], "Grappler optimizers to run (e.g. constfold, remap); default: Grappler's set",
+                             choices=GRAPPLER_OPTIMIZERS),
         "clear_devices": Option(bool, True, "remove the device placement afterwards (keeps the export portable)"),
         "isolate": Option(str, "auto", "run Grappler in a child process: auto (when the graph has functions), "
                                        "always or never", choices=("auto", "always", "never")),
