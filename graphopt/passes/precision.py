@@ -185,7 +185,7 @@ class WeightsToFp16(Pass):
             converted += 1
         gd.node.extend(new_nodes)
         counters = {"converted": converted, "skipped_nonfinite_or_range": skipped, "bytes_saved": bytes_saved,
-                    "max_relative_weight_error": max_err}
+                    "max_relative_weight_error": float(f"{max_err:.3g}")}
         notes = [f"max weight error {max_err:.2e} of each tensor's largest magnitude"] if converted else []
         return PassResult(_stored_as(model, gd, "fp16", converted), modified=converted > 0, counters=counters,
                           notes=notes)
@@ -271,6 +271,7 @@ class WeightsToInt8(Pass):
             counters["converted"] += 1
             counters["per_channel" if axes is not None and scale.size > 1 else "per_tensor"] += 1
         gd.node.extend(new_nodes)
+        counters["max_relative_weight_error"] = float(f"{counters['max_relative_weight_error']:.3g}")
         notes = []
         if counters["converted"]:
             notes.append(f"max weight error {counters['max_relative_weight_error']:.2e} of each tensor's largest "
