@@ -121,6 +121,8 @@ HOOK_ONLY_PLUGIN = """
 
     @hookimpl
     def graphopt_pass_start(pass_, model, context):
+        if os.environ.get("GRAPHOPT_TEST_HOOK_RAISE"):
+            raise RuntimeError("the observer broke")
         mark = os.environ.get("GRAPHOPT_TEST_HOOK_MARK")
         if mark:
             with open(mark, "a") as f:
@@ -477,3 +479,15 @@ def test_constant_folding_does_not_execute_file_reads(unsafe_model, cli, tmp_pat
     assert code == 0, err
     ops = _ops_of(out)
     assert "ReadFile" in ops and "StringLength" in ops
+
+
+def test_a_hook_that_raises_names_its_distribution(with_plugins, inputs, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHOPT_TEST_HOOK_RAISE", "1")
+    out = tmp_path / "out.pb"
+    code, _, err = cli("optimize", inputs["frozen"], "-o", out, "--transforms", "fold_constants")
+    assert code == ExitCode.PASS and not out.exists()
+    (line,) = _error_lines(err)
+    assert "the observer broke" in line and "graphopt-hook-only 0.1.0" in line and "Traceback" not in err
+    code, _, err = cli("--plugins", "error_corpus", "optimize", inputs["frozen"], "-o", out, "--transforms",
+                       "fold_constants")
+    assert code == 0 and out.exists()  # left out by the allowlist, the broken observer is not called
