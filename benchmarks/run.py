@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import memory  # noqa: E402
 import report  # noqa: E402
+import runtime_graph  # noqa: E402
 import suite_models  # noqa: E402
 import targets  # noqa: E402
 import variants  # noqa: E402
@@ -129,6 +130,14 @@ def run_model(name: str, args: argparse.Namespace, host) -> dict:
             else:
                 out["variants"][label]["bench"] = mb.to_dict()
         out["bench_notes"] = rep.notes
+        if serving is not None:
+            from graphopt.verify import make_inputs
+
+            feeds = sm.samples or make_inputs(original)
+            try:
+                out["runtime_graph"] = runtime_graph.compare_configs(serving.path, feeds, vdir)
+            except Exception as exc:  # diagnostics only: never lose the model's results over it
+                out["notes"].append(f"executed-graph comparison failed: {str(exc)[:200]}")
         _log(f"{name}: benchmarked {len(made)} variants in {time.time() - t1:.0f} s")
     out["seconds"] = time.time() - t0
     return out
