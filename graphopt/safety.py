@@ -100,3 +100,52 @@ def ensure_safe(graph_def, *, allow: bool | Iterable[str] = False, action: str =
             hint="if you trust this model, rerun with --allow-unsafe-ops (or --allow-unsafe-ops "
                  + ",".join(ops) + ")")
     return findings
+
+
+# A vocabulary table read from one of the model's own asset files is what TF1 main ops normally run.
+_ASSET_TABLE_INITS = {"InitializeTableFromTextFile", "InitializeTableFromTextFileV2"}
+_INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
+
+
+def load_time_findings(meta_graph_def) -> list[Finding]:
+    """Unsafe ops TF1's SavedModel loader would *run while loading*: the main op / legacy init op and all
+    they depend on (and, if that calls functions, the whole library).
+
+    Loading means running these, so ``graphopt inspect`` of a stranger's model would already execute a
+    ``WriteFile`` in its main op (measured). Tables initialised from the model's own asset files are
+    expected and not listed.
+    """
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from graphopt.model import node_name
+
+    collections = meta_graph_def.collection_def
+    roots = [node_name(v) for key in _INIT_COLLECTIONS if key in collections
+             for v in collections[key].node_list.value]
+    if not roots:
+        return []
+    assets = {node_name(a.tensor_info.name) for a in meta_graph_def.asset_file_def}
+    if "asset_filepaths" in collections:
+        assets |= {node_name(v) for v in collections["asset_filepaths"].node_list.value}
+    if "saved_model_assets" in collections:
+        for packed in collections["saved_model_assets"].any_list.value:
+            asset = meta_graph_pb2.AssetFileDef()
+            if packed.Unpack(asset):
+                assets.add(node_name(asset.tensor_info.name))
+    graph = meta_graph_def.graph_def
+    by_name = {n.name: n for n in graph.node}
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in by_name:
+            continue
+        seen.add(name)
+        todo.extend(node_name(i) for i in by_name[name].input)
+    nodes = [by_name[n] for n in sorted(seen)]
+    found = [Finding(n.name, n.op, UNSAFE_OPS[n.op]) for n in nodes if n.op in UNSAFE_OPS
+             and not (n.op in _ASSET_TABLE_INITS and len(n.input) > 1 and node_name(n.input[1]) in assets)]
+    functions = {f.signature.name for f in graph.library.function}
+    if any(n.op in functions or any(a.HasField("func") for a in n.attr.values()) for n in nodes):
+        found += [f for f in scan(graph) if f.function is not None]
+    return found

@@ -451,3 +451,24 @@ def unsafe_ops_saved_model(path):
 
     module = Untrusted()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def tf1_saved_model_writing_at_load(path):
+    """A TF1 SavedModel whose main op (run by the loader) writes ``<path>.written`` with ``WriteFile``."""
+    import numpy as np
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 2], name="x")
+        w = v1.get_variable("w", initializer=np.ones((2, 2), np.float32))
+        y = tf.matmul(x, w, name="y")
+        main_op = tf.io.write_file(str(path) + ".written", "written while loading", name="write_at_load")
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            sig = v1.saved_model.signature_def_utils.predict_signature_def({"x": x}, {"y": y})
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig},
+                                                 main_op=main_op)
+            builder.save()

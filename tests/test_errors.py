@@ -491,3 +491,23 @@ def test_a_hook_that_raises_names_its_distribution(with_plugins, inputs, cli, tm
     code, _, err = cli("--plugins", "error_corpus", "optimize", inputs["frozen"], "-o", out, "--transforms",
                        "fold_constants")
     assert code == 0 and out.exists()  # left out by the allowlist, the broken observer is not called
+
+
+def test_loading_a_tf1_model_does_not_run_an_unsafe_main_op(model_path, inputs, cli, monkeypatch):
+    path = model_path("tf1_writes_at_load", models.tf1_saved_model_writing_at_load)
+    written = Path(str(path) + ".written")
+    before = tree_hash(path)
+    code, _, err = cli("inspect", path)
+    assert code == ExitCode.UNSAFE and not written.exists()
+    (line,) = _error_lines(err)
+    assert "refusing to load" in line and "WriteFile" in line and "GRAPHOPT_ALLOW_UNSAFE_LOAD=1" in err
+    assert tree_hash(path) == before
+    # A vocabulary table read from the model's own assets is what main ops normally do: still loads.
+    code, _, err = cli("inspect", inputs["tf1"], "--tags", "custom,cpu", "--signature", "scores")
+    assert code == 0, err
+    # Allowed explicitly, the load runs the main op -- which is what the refusal prevented.
+    monkeypatch.setenv("GRAPHOPT_ALLOW_UNSAFE_LOAD", "1")
+    code, _, err = cli("inspect", path)
+    assert code == 0, err
+    assert written.read_text() == "written while loading"
+    written.unlink()

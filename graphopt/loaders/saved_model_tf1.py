@@ -85,6 +85,25 @@ def freeze_session(session: Any, graph: Any, signature: Signature) -> tuple[Any,
     return frozen, init_ops
 
 
+ENV_ALLOW_UNSAFE_LOAD = "GRAPHOPT_ALLOW_UNSAFE_LOAD"
+
+
+def _refuse_unsafe_init(meta: Any, path: str) -> None:
+    """Loading runs the main op: refuse one that reaches outside the process (file writes, PyFunc, ...)."""
+    import os
+
+    from graphopt.errors import UnsafeGraphError
+    from graphopt.safety import load_time_findings
+
+    found = load_time_findings(meta)
+    if found and os.environ.get(ENV_ALLOW_UNSAFE_LOAD, "") != "1":
+        ops = sorted({f.op for f in found})
+        raise UnsafeGraphError(
+            f"refusing to load: the model's main op runs {len(found)} op(s) that reach outside the process "
+            f"({', '.join(ops)})", where=path, details=[f"{f.location}: {f.op} {f.reason}" for f in found[:8]],
+            hint=f"loading a TF1 SavedModel runs its main op; if you trust this model, set {ENV_ALLOW_UNSAFE_LOAD}=1")
+
+
 def load_saved_model_tf1(path: str, *, signature: str | None = None, tags: Sequence[str] | None = None,
                          inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
                          fmt: str = "saved_model_tf1", preferred_tags: Sequence[str] | None = ("serve",),
@@ -99,6 +118,7 @@ def load_saved_model_tf1(path: str, *, signature: str | None = None, tags: Seque
         signature = preferred_signature
     given = bool(inputs and outputs)
     key = sigs.choose_key(available, signature, path) if (available or not given) else "serving_default"
+    _refuse_unsafe_init(meta, path)
     graph = tf.Graph()
     with tf.compat.v1.Session(graph=graph) as sess:
         # loader.load restores the variables and runs main_op / legacy_init_op (table initialisers).
