@@ -42,6 +42,9 @@ DEFAULT_RTOL = 1e-4
 # A lossy pass that forgot to declare its tolerance still gets checked, loosely.
 LOSSY_FALLBACK_RTOL = 5e-2
 DEFAULT_DYNAMIC = 32
+# Ops that fill a table from (table, keys, values) inputs: initialisers, and the import graphopt's loaders
+# write for mutable tables.
+_TABLE_LOADS = ("InitializeTableV2", "InitializeTable", "LookupTableImportV2", "LookupTableImport")
 _TINY = 1e-12
 _NMS_OPS = ("NonMaxSuppression", "NonMaxSuppressionV2", "NonMaxSuppressionV3", "NonMaxSuppressionV4",
             "NonMaxSuppressionV5", "CombinedNonMaxSuppression")
@@ -137,11 +140,12 @@ def _vocabulary_file(node: Any, nodes: Mapping[str, Any], model: Model) -> list[
 
 
 def table_vocabulary(model: Model) -> list[str]:
-    """String keys of every lookup table the graph initialises (``InitializeTableV2`` consts, vocabulary files)."""
+    """String keys of every lookup table the graph fills (``InitializeTableV2``/``LookupTableImportV2`` consts,
+    vocabulary files)."""
     nodes = _producers(model.graph_def)
     keys: list[str] = []
     for node in nodes.values():
-        if node.op in ("InitializeTableV2", "InitializeTable") and len(node.input) >= 2:
+        if node.op in _TABLE_LOADS and len(node.input) >= 2:
             keys.extend(_const_strings(nodes.get(node_name(node.input[1])), nodes))
         elif node.op in ("InitializeTableFromTextFileV2", "InitializeTableFromTextFile"):
             keys.extend(_vocabulary_file(node, nodes, model))

@@ -282,3 +282,23 @@ def test_nan_outputs_make_the_overall_difference_infinite(dense):
     report = verify(dense, nan_model)
     assert not report.passed and report.outputs[0].nan_mismatch == 4
     assert report.max_rel == float("inf") and report.max_abs == float("inf")
+
+
+def test_vocabulary_of_a_mutable_table_import():
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        words = tf.compat.v1.placeholder(tf.string, [None], name="words")
+        table = tf.raw_ops.MutableHashTableV2(key_dtype=tf.string, value_dtype=tf.int64, name="table")
+        load = tf.raw_ops.LookupTableImportV2(table_handle=table, keys=tf.constant(["red", "green"], name="keys"),
+                                              values=tf.constant([1, 2], tf.int64, name="values"), name="import")
+        tf.identity(tf.raw_ops.LookupTableFindV2(table_handle=table, keys=words,
+                                                 default_value=tf.constant(-1, tf.int64)), name="ids")
+    sig = Signature(inputs={"words": TensorSpec("words:0", "string", (None,))},
+                    outputs={"ids": TensorSpec("ids:0", "int64", (None,))})
+    model = Model(g.as_graph_def(), sig, init_ops=[load.name])
+    assert table_vocabulary(model) == ["red", "green"]
+    from graphopt.runtime import run_model
+
+    assert (run_model(model, make_inputs(model, batch=8))["ids"] > 0).all()
