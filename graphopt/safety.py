@@ -149,3 +149,53 @@ def load_time_findings(meta_graph_def) -> list[Finding]:
     if any(n.op in functions or any(a.HasField("func") for a in n.attr.values()) for n in nodes):
         found += [f for f in scan(graph) if f.function is not None]
     return found
+
+
+_INIT_FUNCTION_CHILDREN = ("_create_resource", "_initialize")
+
+
+def _arg_fed(fdef, inp: str) -> bool:
+    # In a FunctionDef, "name" alone is a function argument (a captured tensor such as an asset path);
+    # outputs of nodes in the body are "node:output:index".
+    args = {a.name for a in fdef.signature.input_arg}
+    return inp.split(":")[0] in args and ":" not in inp
+
+
+def tf2_load_time_findings(meta_graph_def) -> list[Finding]:
+    """Unsafe ops ``tf.saved_model.load`` would *run while loading* a TF2 SavedModel: the resource
+    creators and initializers in its object graph (lookup tables and custom resources) and every
+    function they call. A table initialised from a file path passed in as a captured tensor (an
+    asset) is expected and not listed; one from a path constant in the body is.
+    """
+    og = meta_graph_def.object_graph_def
+    library = {f.signature.name: f for f in meta_graph_def.graph_def.library.function}
+
+    def concrete(node_id: int) -> list[str]:
+        obj = og.nodes[node_id]
+        kind = obj.WhichOneof("kind")
+        if kind == "function":
+            return list(obj.function.concrete_functions)
+        if kind == "bare_concrete_function":
+            return [obj.bare_concrete_function.concrete_function_name]
+        return []
+
+    todo = [name for obj in og.nodes for child in obj.children if child.local_name in _INIT_FUNCTION_CHILDREN
+            for name in concrete(child.node_id)]
+    seen: set[str] = set()
+    found: list[Finding] = []
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in library:
+            continue
+        seen.add(name)
+        fdef = library[name]
+        for node in fdef.node_def:
+            todo.extend(a.func.name for a in node.attr.values() if a.HasField("func"))
+            if node.op in library:
+                todo.append(node.op)
+            if node.op not in UNSAFE_OPS:
+                continue
+            if node.op in _ASSET_TABLE_INITS and len(node.input) > 1 and _arg_fed(fdef, node.input[1]):
+                continue
+            found.append(Finding(node.name, node.op, UNSAFE_OPS[node.op], name))
+    return found

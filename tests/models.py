@@ -472,3 +472,32 @@ def tf1_saved_model_writing_at_load(path):
             builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig},
                                                  main_op=main_op)
             builder.save()
+
+
+def tf2_saved_model_writing_at_load(path):
+    """A TF2 SavedModel with a lookup table whose initializer (run by ``tf.saved_model.load``) also writes
+    ``<path>.written`` with ``WriteFile``."""
+    import tensorflow as tf
+
+    target = str(path) + ".written"
+
+    class Table(tf.saved_model.experimental.TrackableResource):
+        def _create_resource(self):
+            return tf.raw_ops.HashTableV2(key_dtype=tf.string, value_dtype=tf.int64)
+
+        def _initialize(self):
+            tf.io.write_file(target, "written while loading")
+            return tf.raw_ops.LookupTableImportV2(table_handle=self.resource_handle, keys=tf.constant(["a", "b"]),
+                                                  values=tf.constant([1, 2], tf.int64))
+
+    class Lookup(tf.Module):
+        def __init__(self):
+            self.table = Table()
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="words")])
+        def serve(self, words):
+            return {"ids": tf.raw_ops.LookupTableFindV2(table_handle=self.table.resource_handle, keys=words,
+                                                        default_value=tf.constant(-1, tf.int64))}
+
+    module = Lookup()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})

@@ -98,12 +98,31 @@ def _pick_call_function(obj: Any, where: str) -> Any:
     return sorted(concrete, key=inference_first)[0]
 
 
+def _refuse_unsafe_init(path: str) -> None:
+    """``tf.saved_model.load`` runs resource initializers: refuse ones that reach outside the process."""
+    import os
+
+    from graphopt.errors import UnsafeGraphError
+    from graphopt.loaders.saved_model_tf1 import ENV_ALLOW_UNSAFE_LOAD, read_saved_model
+    from graphopt.safety import tf2_load_time_findings
+
+    found = [f for meta in read_saved_model(path).meta_graphs for f in tf2_load_time_findings(meta)]
+    if found and os.environ.get(ENV_ALLOW_UNSAFE_LOAD, "") != "1":
+        ops = sorted({f.op for f in found})
+        raise UnsafeGraphError(
+            f"refusing to load: the model's resource initializers run {len(found)} op(s) that reach outside the "
+            f"process ({', '.join(ops)})", where=path, details=[f"{f.location}: {f.op} {f.reason}" for f in found[:8]],
+            hint="tf.saved_model.load runs them while loading; if you trust this model, "
+                 f"set {ENV_ALLOW_UNSAFE_LOAD}=1")
+
+
 def load_tf2_object(path: str, tags: Sequence[str] | None) -> Any:
     """``tf.saved_model.load`` with errors naming the tag sets the model has."""
     import tensorflow as tf
 
     from graphopt.loaders.saved_model_tf1 import tag_sets
 
+    _refuse_unsafe_init(path)
     try:
         return tf.saved_model.load(path, tags=list(tags) if tags is not None else None)
     except (RuntimeError, ValueError) as exc:
