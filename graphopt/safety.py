@@ -107,21 +107,26 @@ _ASSET_TABLE_INITS = {"InitializeTableFromTextFile", "InitializeTableFromTextFil
 _INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
 
 
-def load_time_findings(meta_graph_def) -> list[Finding]:
+def load_time_findings(meta_graph_def, roots: Iterable[str] | None = None,
+                       expected: Iterable[str] = ()) -> list[Finding]:
     """Unsafe ops TF1's SavedModel loader would *run while loading*: the main op / legacy init op and all
     they depend on (and, if that calls functions, the whole library).
 
     Loading means running these, so ``graphopt inspect`` of a stranger's model would already execute a
     ``WriteFile`` in its main op (measured). Tables initialised from the model's own asset files are
-    expected and not listed.
+    expected and not listed. ``roots`` replaces the main ops as what runs (e.g. a checkpoint's restore op
+    and table initializers), and ops in ``expected`` are not listed (the restore op reads the checkpoint).
     """
     from tensorflow.core.protobuf import meta_graph_pb2
 
     from graphopt.model import node_name
 
     collections = meta_graph_def.collection_def
-    roots = [node_name(v) for key in _INIT_COLLECTIONS if key in collections
-             for v in collections[key].node_list.value]
+    if roots is None:
+        roots = [node_name(v) for key in _INIT_COLLECTIONS if key in collections
+                 for v in collections[key].node_list.value]
+    roots = [node_name(r) for r in roots]
+    expected = set(expected)
     if not roots:
         return []
     assets = {node_name(a.tensor_info.name) for a in meta_graph_def.asset_file_def}
@@ -143,7 +148,7 @@ def load_time_findings(meta_graph_def) -> list[Finding]:
         seen.add(name)
         todo.extend(node_name(i) for i in by_name[name].input)
     nodes = [by_name[n] for n in sorted(seen)]
-    found = [Finding(n.name, n.op, UNSAFE_OPS[n.op]) for n in nodes if n.op in UNSAFE_OPS
+    found = [Finding(n.name, n.op, UNSAFE_OPS[n.op]) for n in nodes if n.op in UNSAFE_OPS and n.op not in expected
              and not (n.op in _ASSET_TABLE_INITS and len(n.input) > 1 and node_name(n.input[1]) in assets)]
     functions = {f.signature.name for f in graph.library.function}
     if any(n.op in functions or any(a.HasField("func") for a in n.attr.values()) for n in nodes):

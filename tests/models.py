@@ -501,3 +501,23 @@ def tf2_saved_model_writing_at_load(path):
 
     module = Lookup()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def tf1_checkpoint_writing_at_load(path):
+    """A TF1 checkpoint (prefix ``path/model.ckpt``) whose table-initializer collection holds a ``WriteFile``
+    of ``<path>.written``: the checkpoint loader runs that collection."""
+    import numpy as np
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    path.mkdir(parents=True)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 2], name="x")
+        w = v1.get_variable("w", initializer=np.ones((2, 2), np.float32))
+        tf.matmul(x, w, name="y")
+        v1.add_to_collection(v1.GraphKeys.TABLE_INITIALIZERS,
+                             tf.io.write_file(str(path) + ".written", "written while loading", name="write_at_load"))
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            v1.train.Saver().save(sess, str(path / "model.ckpt"))

@@ -493,25 +493,28 @@ def test_a_hook_that_raises_names_its_distribution(with_plugins, inputs, cli, tm
     assert code == 0 and out.exists()  # left out by the allowlist, the broken observer is not called
 
 
-@pytest.mark.parametrize("builder", [models.tf1_saved_model_writing_at_load, models.tf2_saved_model_writing_at_load],
-                         ids=["tf1-main-op", "tf2-resource-initializer"])
+@pytest.mark.parametrize("builder", [models.tf1_saved_model_writing_at_load, models.tf2_saved_model_writing_at_load,
+                                     models.tf1_checkpoint_writing_at_load],
+                         ids=["tf1-main-op", "tf2-resource-initializer", "checkpoint-table-initializer"])
 def test_loading_a_model_does_not_run_unsafe_init_ops(builder, model_path, inputs, cli, monkeypatch):
-    path = model_path(builder.__name__, builder)
-    written = Path(str(path) + ".written")
-    before = tree_hash(path)
+    folder = model_path(builder.__name__, builder)
+    path = folder / "model.ckpt" if "checkpoint" in builder.__name__ else folder
+    written = Path(str(folder) + ".written")
+    before = tree_hash(folder)
     code, _, err = cli("inspect", path)
     assert code == ExitCode.UNSAFE and not written.exists()
     (line,) = _error_lines(err)
     assert "refusing to load" in line and "WriteFile" in line and "GRAPHOPT_ALLOW_UNSAFE_LOAD=1" in err
-    code, _, err = cli("optimize", path, "-o", path.parent / f"{path.name}.out", "--no-verify")
-    assert code == ExitCode.UNSAFE and not written.exists() and not (path.parent / f"{path.name}.out").exists()
-    assert tree_hash(path) == before
+    out = folder.parent / f"{folder.name}.out"
+    code, _, err = cli("optimize", path, "-o", out, "--no-verify")
+    assert code == ExitCode.UNSAFE and not written.exists() and not out.exists()
+    assert tree_hash(folder) == before
     # A vocabulary table read from the model's own assets is what main ops normally do: still loads.
     code, _, err = cli("inspect", inputs["tf1"], "--tags", "custom,cpu", "--signature", "scores")
     assert code == 0, err
     # Allowed explicitly, the load runs the main op -- which is what the refusal prevented.
     monkeypatch.setenv("GRAPHOPT_ALLOW_UNSAFE_LOAD", "1")
-    code, _, err = cli("inspect", path)
+    code, _, err = cli("inspect", path, *(["--outputs", "y"] if "checkpoint" in builder.__name__ else []))
     assert code == 0, err
     assert written.read_text() == "written while loading"
     written.unlink()
