@@ -20,6 +20,7 @@ import difflib
 import importlib
 import os
 import re
+import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable
@@ -61,6 +62,7 @@ class PluginFailure:
     distribution: str | None
     version: str | None
     error: str
+    trace: str | None = field(default=None, repr=False)  # the traceback, shown with --debug
 
     def to_error(self) -> PluginError:
         dist = f"{self.distribution} {self.version}" if self.distribution else self.plugin
@@ -223,7 +225,8 @@ def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None =
         try:
             _register(pm, load(), name)
         except Exception as exc:  # a broken plugin must not stop the others
-            pm.failures.append(PluginFailure(name, dist_name, version, f"{type(exc).__name__}: {exc}"))
+            pm.failures.append(PluginFailure(name, dist_name, version, f"{type(exc).__name__}: {exc}",
+                                             traceback.format_exc()))
             continue
         pm.origins[name] = Origin("plugin", name, dist_name, version)
     for wanted in sorted((allowed or set()) - matched):
@@ -263,7 +266,7 @@ def build_registry(pm: _Manager) -> Registry:
                                     for _ in impl.argnames])
         except Exception as exc:
             failure = PluginFailure(origin.plugin, origin.distribution, origin.version,
-                                    f"{hook_name} raised {type(exc).__name__}: {exc}")
+                                    f"{hook_name} raised {type(exc).__name__}: {exc}", traceback.format_exc())
             registry.failures.append(failure)
             if origin.kind == "plugin":
                 broken.append(plugin_name)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from graphopt import __version__
 from graphopt.errors import ExitCode, GraphoptError
@@ -64,7 +65,8 @@ def build_parser(host: Host) -> argparse.ArgumentParser:
 
 def _render_error(err: Console, error: GraphoptError) -> None:
     text = error.render().split("\n")
-    err.print(f"[bold red]error:[/] {text[0]}", highlight=False, markup=True, soft_wrap=True)
+    # escaped: messages quote TF errors, paths and node names, where "[/x]" would be read as markup (and raise)
+    err.print(f"[bold red]error:[/] {escape(text[0])}", highlight=False, markup=True, soft_wrap=True)
     for line in text[1:]:
         style = "yellow" if line.startswith("hint:") else "dim"
         err.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
@@ -86,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     ctx = CliContext(console=Console(), err=err, host=host, debug=pre.debug)
     for failure in host.registry.failures:
         warning = failure.to_error()
-        err.print(f"[yellow]warning:[/] {warning.message} ({warning.where})", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(warning.message)} ({escape(warning.where or '')})", highlight=False,
+                  soft_wrap=True)  # escaped: a plugin's error text may hold [brackets] rich reads as markup
+        if pre.debug and failure.trace:
+            err.print(failure.trace, highlight=False, markup=False, soft_wrap=True, end="")
     parser = build_parser(host)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

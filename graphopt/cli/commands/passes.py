@@ -35,6 +35,7 @@ def listing(host) -> list[dict]:
 
 
 def _detail(ctx, row: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = ctx.console
@@ -50,12 +51,14 @@ def _detail(ctx, row: dict) -> None:
     for key, opt in row["options"].items():
         default = "[red]required[/]" if opt["required"] else ("-" if opt["default"] in (None, []) else
                                                            json.dumps(opt["default"]))
-        table.add_row(key, opt["type"], default, opt["help"])
+        table.add_row(key, opt["type"], default, escape(opt["help"]))
     table.add_row("ignore_errors", "bool", "false", "on failure, roll this pass back and go on")
     console.print(table)
 
 
 def run(args, ctx) -> int:
+    from rich.markup import escape
+
     from graphopt.errors import UsageError
 
     rows = listing(ctx.host)
@@ -81,9 +84,10 @@ def run(args, ctx) -> int:
         for row in rows:
             if row["kind"] != kind:
                 continue
-            desc = row["description"] + (" [yellow](lossy)[/]" if row["lossy"] else "")
+            # escaped: plugin descriptions and transform strings may hold [brackets] rich reads as markup
+            desc = escape(row["description"]) + (" [yellow](lossy)[/]" if row["lossy"] else "")
             if kind == "preset":
-                desc += f"\n[dim]{row['transforms']}[/]"
+                desc += f"\n[dim]{escape(row['transforms'])}[/]"
             table.add_row(row["name"], _origin_text(row["origin"]), desc)
         ctx.console.print(table)
     ctx.console.print("[dim]graphopt passes NAME shows a pass's options[/]")

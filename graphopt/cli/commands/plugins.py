@@ -15,10 +15,11 @@ def configure(parser) -> None:
 
 def run(args, ctx) -> int:
     rows = plugin_summaries(ctx.host.pm)
-    failed = [dict(f.__dict__) for f in ctx.host.registry.failures]
+    failed = [{k: v for k, v in f.__dict__.items() if k != "trace"} for f in ctx.host.registry.failures]
     if args.json:
         ctx.console.print_json(json.dumps({"plugins": rows, "failed": failed}))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="graphopt plugins", title_justify="left")
@@ -30,7 +31,7 @@ def run(args, ctx) -> int:
         table.add_row(r["name"], source, "\n".join(r["hooks"]))
     for f in failed:
         source = f"{f['distribution']} {f['version'] or ''}".strip() if f["distribution"] else "?"
-        table.add_row(f["plugin"], source, f"[red]failed:[/] {f['error']}")
+        table.add_row(f["plugin"], source, f"[red]failed:[/] {escape(f['error'])}")  # a plugin's text: no markup
     ctx.console.print(table)
     if not any(r["kind"] == "plugin" for r in rows):
         ctx.console.print(f"[dim]no third-party plugins loaded: install one (entry-point group "
