@@ -50,12 +50,22 @@ def check_destination(model: Model, dest: Path, force: bool) -> None:
     if dest.exists() or dest.is_symlink():
         if not force:
             raise OutputError("the output already exists", where=str(dest), hint="pass --force to replace it")
+    if dest.parent.exists() and not dest.parent.is_dir():
+        raise OutputError("the output's parent is a file, not a folder", where=str(dest),
+                          hint="choose an output path inside a folder")
     if not dest.parent.exists():
         try:
             dest.parent.mkdir(parents=True)
         except OSError as exc:
             raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", where=str(dest.parent),
                               hint="check the path and permissions") from None
+    try:  # fail now, not after the (slow) pipeline: a read-only or pseudo file system refuses new files here
+        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=dest.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder: {exc.strerror or exc}", where=str(dest.parent),
+                          hint="check the path and permissions; nothing was written") from None
 
 
 def _atomic(dest: Path, force: bool, write: Callable[[Path], None], is_dir: bool) -> None:

@@ -244,6 +244,8 @@ def test_error_corpus(case: Case, inputs, cli, tmp_path, request):
         assert line.rstrip().endswith(")"), line
         assert "\nhint: " in err, err
         assert ("Traceback" in err) is debug, err
+        if case.code == ExitCode.OUTPUT:  # found before the pipeline runs, not after minutes of work
+            assert stdout == "" and not any(line.startswith("loaded ") for line in err.splitlines()), err
         assert list(tmp_path.iterdir()) == [], f"{case.id} left output behind"
         assert not Path("/proc/graphopt_out.pb").exists()
     assert tree_hash(inputs[case.input]) == before, f"{case.id} changed its input"
