@@ -7,11 +7,11 @@ Builders for test models live in ``tests/models.py`` (plain functions, cached by
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from support import run_subprocess  # noqa: F401  (re-exported for tests)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,10 +45,3 @@ def cli(capsys):
         captured = capsys.readouterr()
         return code, captured.out, captured.err
     return run
-
-
-def run_subprocess(*args, env=None, timeout=600):
-    """Run ``python -m graphopt ARGS`` as a user would; returns CompletedProcess."""
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "graphopt", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)

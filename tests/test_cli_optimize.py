@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import models
-from conftest import run_subprocess
+from support import run_subprocess
 from graphopt.loaders import load
 from graphopt.runtime import random_inputs, run_model
 
