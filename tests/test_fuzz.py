@@ -196,3 +196,101 @@ def test_mutated_graphdefs_raise_only_graphopt_errors(tmp_path, model_path):
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     last = (tmp_path / "current_example.txt").read_text() if (tmp_path / "current_example.txt").exists() else "?"
     assert proc.returncode == 0, f"exit {proc.returncode}; last example {last}\n{proc.stderr[-4000:]}"
+
+
+# --- corrupted SavedModels ---------------------------------------------------------------------------------------
+# Function bodies are where TF2 SavedModels break in the field (a truncated copy, a tool that rewrote them);
+# tf.saved_model.load instantiates every function, so this is where native code would abort.
+
+SAVED_MODEL_EXAMPLES = 40  # ~0.3 s per load
+
+
+def _saved_model_mutations():
+    i = st.integers(0, 10_000)
+    return st.lists(st.one_of(
+        st.tuples(st.just("fn_op"), i, i, st.sampled_from(_ODD_OPS + ["ReadVariableOp", "AddV2"])),
+        st.tuples(st.just("fn_input"), i, i, st.sampled_from(["ghost", "ghost:output:0", "^ghost", "Const:output:9"])),
+        st.tuples(st.just("fn_drop_node"), i, i),
+        st.tuples(st.just("fn_drop_attr"), i, i, i),
+        st.tuples(st.just("fn_ret"), i),
+        st.tuples(st.just("object_child"), i, st.sampled_from([0, 9999])),
+        st.tuples(st.just("signature_input"), st.sampled_from(["ghost:0", "", "x:9"])),
+    ), min_size=1, max_size=2)
+
+
+def _mutate_saved_model(sm, mutations) -> None:
+    mg = sm.meta_graphs[0]
+    fns = mg.graph_def.library.function
+    for m in mutations:
+        kind = m[0]
+        fn = fns[m[1] % len(fns)] if fns and kind.startswith("fn_") else None
+        if fn is not None and fn.node_def and kind != "fn_ret":
+            node = fn.node_def[m[2] % len(fn.node_def)]
+            if kind == "fn_op":
+                node.op = m[3]
+            elif kind == "fn_input" and node.input:
+                node.input[0] = m[3]
+            elif kind == "fn_drop_node":
+                fn.node_def.remove(node)
+            elif kind == "fn_drop_attr" and node.attr:
+                del node.attr[sorted(node.attr)[m[3] % len(node.attr)]]
+        elif kind == "fn_ret" and fn is not None:
+            for key in list(fn.ret):
+                fn.ret[key] = "ghost:output:0"
+        elif kind == "object_child":
+            nodes = mg.object_graph_def.nodes
+            with_children = [n for n in nodes if n.children]
+            if with_children:
+                with_children[m[1] % len(with_children)].children[0].node_id = m[2]
+        elif kind == "signature_input":
+            for sig in mg.signature_def.values():
+                for tensor in sig.inputs.values():
+                    tensor.name = m[1]
+
+
+def saved_model_fuzz_main(src: str, work: str, examples: int) -> None:
+    """The SavedModel fuzz loop (run in a child process by the test below)."""
+    import shutil
+    from pathlib import Path
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from graphopt.loaders import load
+
+    base = (Path(src) / "saved_model.pb").read_bytes()
+    target = Path(work) / "model"
+    log = Path(work) / "current_example.txt"
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(_saved_model_mutations())
+    def check(mutations):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(src, target)
+        sm = saved_model_pb2.SavedModel.FromString(base)
+        _mutate_saved_model(sm, mutations)
+        (target / "saved_model.pb").write_bytes(sm.SerializeToString())
+        log.write_text(repr(mutations))
+        try:
+            load(target)
+        except GraphoptError:
+            pass
+
+    check()
+
+
+def test_corrupted_saved_models_raise_only_graphopt_errors(tmp_path, model_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests import models
+    from tests.conftest import ROOT
+
+    src = model_path("fuzz_tf2", models.keras_saved_model)
+    code = (f"import tests.test_fuzz as t; "
+            f"t.saved_model_fuzz_main({str(src)!r}, {str(tmp_path)!r}, {SAVED_MODEL_EXAMPLES})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    last = (tmp_path / "current_example.txt").read_text() if (tmp_path / "current_example.txt").exists() else "?"
+    assert proc.returncode == 0, f"exit {proc.returncode}; last example {last}\n{proc.stderr[-4000:]}"
