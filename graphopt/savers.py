@@ -50,22 +50,29 @@ def check_destination(model: Model, dest: Path, force: bool) -> None:
     if dest.exists() or dest.is_symlink():
         if not force:
             raise OutputError("the output already exists", where=str(dest), hint="pass --force to replace it")
-    if dest.parent.exists() and not dest.parent.is_dir():
-        raise OutputError("the output's parent is a file, not a folder", where=str(dest),
+    # Missing folders are created only when the model is written (a failed run leaves none behind); here
+    # the nearest existing one must be a folder that accepts new files -- checked now, not after the pipeline.
+    existing = dest.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError("the output path runs through a file, not a folder", where=str(existing),
                           hint="choose an output path inside a folder")
-    if not dest.parent.exists():
-        try:
-            dest.parent.mkdir(parents=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", where=str(dest.parent),
-                              hint="check the path and permissions") from None
-    try:  # fail now, not after the (slow) pipeline: a read-only or pseudo file system refuses new files here
-        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=dest.parent)
+    try:  # a read-only or pseudo file system (/proc) refuses new files even to root
+        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"cannot write to the output folder: {exc.strerror or exc}", where=str(dest.parent),
+        raise OutputError(f"cannot write to the output folder: {exc.strerror or exc}", where=str(existing),
                           hint="check the path and permissions; nothing was written") from None
+
+
+def _make_parent(dest: Path) -> None:
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", where=str(dest.parent),
+                          hint="check the path and permissions") from None
 
 
 def _atomic(dest: Path, force: bool, write: Callable[[Path], None], is_dir: bool) -> None:
@@ -179,6 +186,7 @@ def save(model: Model, path: str | os.PathLike, *, format: str | None = None, fo
     fmt = format_for(path, format)
     dest = Path(path).absolute()
     check_destination(model, dest, force)
+    _make_parent(dest)
     if fmt == "saved_model":
         _atomic(dest, force, lambda target: write_saved_model(model, target), is_dir=True)
     else:

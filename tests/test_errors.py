@@ -212,6 +212,11 @@ CASES = [
                                     "1e-9"), ExitCode.VERIFY, "differ", "frozen"),
     Case("output-parent-is-a-file", lambda i, out: ["optimize", i["frozen"], "-o", i["a_file"] / "out.pb"],
          ExitCode.OUTPUT, "a_file", "a_file"),
+    Case("output-under-a-file-deeper", lambda i, out: ["optimize", i["frozen"], "-o", i["a_file"] / "x" / "out.pb"],
+         ExitCode.OUTPUT, "a_file", "a_file"),
+    Case("verification-fails-into-new-folders",  # the folders -o names are not created for a failed run
+         lambda i, out: ["optimize", i["frozen"], "-o", out.parent / "new" / "dir" / "out.pb", "--transforms",
+                         "quantize_weights(minimum_size=1)", "--tolerance", "1e-9"], ExitCode.VERIFY, "differ", "frozen"),
     Case("output-unwritable-proc", lambda i, out: ["optimize", i["frozen"], "-o", "/proc/graphopt_out.pb"],
          ExitCode.OUTPUT, "/proc", "frozen"),
     Case("output-inside-input", lambda i, out: ["optimize", i["tf2"], "-o", i["tf2"] / "optimized"],
