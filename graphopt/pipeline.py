@@ -40,7 +40,8 @@ def read_config_table(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError("config file not found", where=where) from None
+        raise UsageError("config file not found", where=where, hint="give a TOML file with 'transforms' or "
+                         "'pipeline' (or a pyproject.toml with [tool.graphopt])") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read config file: {exc}", where=where) from None
     except tomllib.TOMLDecodeError as exc:

@@ -171,7 +171,8 @@ def load_samples(path: str | Path, signature: Signature) -> dict[str, np.ndarray
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
-        raise InputError("sample file not found", where=where) from None
+        raise InputError("sample file not found", where=where,
+                         hint="give an .npz with one array per signature input key (numpy.savez)") from None
     except ValueError as exc:
         # Object arrays need pickle, which would execute code from the file.
         raise InputError(f"sample file cannot be read safely: {exc}", where=where,
