@@ -36,7 +36,9 @@ def format_for(path: str | os.PathLike, given: str | None = None) -> str:
     return {".pb": "pb", ".pbtxt": "pbtxt"}.get(suffix, "saved_model")
 
 
-def check_destination(model: Model, dest: Path, force: bool) -> None:
+def refuse_input_overlap(model: Model, dest: Path) -> None:
+    """:class:`OutputError` if writing ``dest`` (file or folder) would write into or over the model's source."""
+    dest = Path(dest).resolve()  # resolved like the source: a symlink must not lead into the input
     src = model.source
     if src and "://" not in src and src != "<memory>":
         source = Path(src).resolve()
@@ -47,6 +49,10 @@ def check_destination(model: Model, dest: Path, force: bool) -> None:
         if dest in source.parents:
             raise OutputError("the output would replace a folder holding the input model", where=str(dest),
                               hint="choose another output path")
+
+
+def check_destination(model: Model, dest: Path, force: bool) -> None:
+    refuse_input_overlap(model, dest)
     if dest.exists() or dest.is_symlink():
         if not force:
             raise OutputError("the output already exists", where=str(dest), hint="pass --force to replace it")

@@ -72,7 +72,7 @@ def _allow(value) -> bool | list[str]:
 def run(args, ctx) -> int:
     from graphopt.cli.render import render_report
     from graphopt.loaders import load
-    from graphopt.savers import check_destination, format_for, save
+    from graphopt.savers import check_destination, format_for, refuse_input_overlap, save
 
     if not args.output and not args.serving_dir:
         raise UsageError("nowhere to write the result", where="optimize", hint="give -o OUT and/or --serving-dir BASE")
@@ -88,6 +88,9 @@ def run(args, ctx) -> int:
                  outputs=_names(args.outputs))
     if out:
         check_destination(model, out.absolute(), args.force)  # fail before the (slow) pipeline runs
+    for other in (args.serving_dir, args.report):  # neither may write into (or over) the input either
+        if other:
+            refuse_input_overlap(model, Path(other))
     ctx.err.print(f"loaded {args.src} ({model.format}): {model.node_count} nodes, {model.size_bytes:,} bytes",
                   highlight=False, markup=False, soft_wrap=True)
     result = pipeline.run(model, keep_going=args.keep_going)
