@@ -25,7 +25,9 @@ import pytest
 
 from graphopt.errors import ExitCode
 from tests import models
-from tests.conftest import run_subprocess
+from support import run_subprocess
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- inputs, built once per session ------------------------------------------------------------------------------
 
@@ -426,7 +428,6 @@ def test_native_transforms_that_aborted_are_now_guarded(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
 
     proc = subprocess.run([sys.executable, "-c", NATIVE_GUARDS, str(tmp_path)], capture_output=True, text=True,
                           cwd=ROOT, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

@@ -6,6 +6,7 @@ Budgets are fixed (max_examples, no deadline) so CI time stays predictable.
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from graphopt import transform_spec
 from graphopt.errors import GraphoptError, UsageError
 
+ROOT = Path(__file__).resolve().parents[1]  # the child imports tests.test_fuzz from here
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Text built from the characters the grammar cares about, so most inputs get deep into the parser.
@@ -188,7 +190,6 @@ def test_mutated_graphdefs_raise_only_graphopt_errors(tmp_path, model_path):
     import sys
 
     from tests import models
-    from tests.conftest import ROOT
 
     base = model_path("fuzz_frozen.pb", models.frozen_graph)
     code = f"import tests.test_fuzz as t; t.graph_fuzz_main({str(base)!r}, {str(tmp_path)!r}, {GRAPH_EXAMPLES})"
@@ -285,7 +286,6 @@ def test_corrupted_saved_models_raise_only_graphopt_errors(tmp_path, model_path)
     import sys
 
     from tests import models
-    from tests.conftest import ROOT
 
     src = model_path("fuzz_tf2", models.keras_saved_model)
     code = (f"import tests.test_fuzz as t; "
