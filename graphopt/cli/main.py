@@ -33,12 +33,42 @@ class CliContext:
     debug: bool = False
 
 
+# Commands that never touch TensorFlow: importing it (seconds) just to silence it would be waste.
+_LIGHT_COMMANDS = {"passes", "plugins", None}
+
+
 def _quiet_tensorflow() -> None:
     # TensorFlow's C++ logging would otherwise bury graphopt's output; --debug keeps it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Level 3: TF's own errors reach the user as Python exceptions graphopt renders.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_CPP_MAX_VLOG_LEVEL", "-1")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _import_tensorflow_silently() -> None:
+    """Import TensorFlow with stderr closed at the file-descriptor level.
+
+    TF's native libraries log at load time (oneDNN, CUDA stubs) before absl's
+    logging is initialised, so no log level reaches those lines; only the
+    descriptor can. An import failure still raises, and is rendered as usual.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor (embedded use): import normally
+        import tensorflow  # noqa: F401
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _global_parser() -> argparse.ArgumentParser:
@@ -98,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return int(ExitCode.USAGE)
     try:
+        if not pre.debug and args.command not in _LIGHT_COMMANDS:
+            _import_tensorflow_silently()
         code = args._run(args, ctx)
         return int(code or 0)
     except GraphoptError as exc:
