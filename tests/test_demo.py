@@ -208,3 +208,83 @@ def test_demo_command(cli):
     assert code == 0, err
     assert "saved_model.pb" in out and "gtt-seed" in out and "largest output difference" in out
     assert "fold_old_batch_norms" in out and "122 MB -> 58 MB" in out and "classes equal" in out
+
+
+def test_diff_of_the_seed_list_on_the_whole_graph_shows_exactly_what_it_removed(demo):
+    """The seed list, run on the whole as-is graph as the post did, diffed node by node.
+
+    Removed must be exactly: the training branch (everything the outputs do not
+    need), every Identity and CheckNumerics, nodes whose value was constant
+    (folded into new Consts by fold_constants / fold_old_batch_norms) and twins
+    merge_duplicate_nodes merged. Added: Consts only.
+    """
+    import graphopt
+    from graphopt.demo.workflow import _saved_graph_def
+    from graphopt.diff import diff_models
+
+    frozen = _saved_graph_def(demo.as_is_path)
+    model = graphopt.load(demo.as_is_path)
+    after = graphopt.Pipeline.parse("gtt-seed").run(model.replace(graph_def=frozen, init_ops=[])).model
+    d = diff_models(frozen, after.graph_def)
+
+    by_name = {n.name: n for n in frozen.node}
+    needed = _ancestors(frozen, [t.name for t in model.signature.outputs.values()])
+    training_branch = set(by_name) - needed
+    debug_ops = {n for n in needed if by_name[n].op in ("Identity", "CheckNumerics")}
+    # Values that do not depend on the image's pixels: fold_constants evaluates them (static shapes included).
+    constant = {n for n in needed if by_name[n].op != "Placeholder"
+                and not any(by_name[a].op == "Placeholder" for a in _value_ancestors(by_name, n))}
+    duplicates = _merged_duplicates(frozen)  # what merge_duplicate_nodes folds into a twin
+    removed = {name for name, _ in d.removed}
+
+    assert any("Momentum" in n for n in training_branch) and any("gradients" in n for n in training_branch)
+    assert training_branch <= removed
+    assert debug_ops <= removed and {by_name[n].op for n in debug_ops} == {"Identity", "CheckNumerics"}
+    assert removed <= training_branch | debug_ops | constant | duplicates
+    assert {op for _, op in d.added} == {"Const"}
+    assert d.ops_delta["FusedBatchNorm"] == -54
+
+
+def _value_ancestors(by_name, root):
+    """Ancestors through data inputs, not through Shape/Size/Rank (a static shape is a constant)."""
+    seen, stack = set(), [root]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if by_name[name].op not in ("Shape", "Size", "Rank"):
+            stack.extend(node_name(i) for i in by_name[name].input if not i.startswith("^"))
+    return seen
+
+
+def _merged_duplicates(graph_def):
+    """Nodes that have a twin (same op, attrs and inputs, inputs seen through twins), to a fixed point.
+
+    Either twin may be the one merge_duplicate_nodes keeps, so both are returned.
+    """
+    by_name = {n.name: n for n in graph_def.node}
+    canon = {name: name for name in by_name}
+
+    def resolve(name):
+        while canon[name] != name:
+            name = canon[name]
+        return name
+
+    changed = True
+    while changed:
+        changed, first = False, {}
+        for node in graph_def.node:
+            if resolve(node.name) != node.name or node.op in ("Placeholder",):
+                continue
+            inputs = tuple(("^" if i.startswith("^") else "") + resolve(node_name(i)) + (i[i.rindex(":"):] if ":" in i else "")
+                           for i in node.input)
+            key = (node.op, inputs, tuple(sorted((k, v.SerializeToString(deterministic=True))
+                                                 for k, v in node.attr.items())))
+            if key in first:
+                canon[node.name] = first[key]
+                changed = True
+            else:
+                first[key] = node.name
+    merged = {name for name in by_name if resolve(name) != name}
+    return merged | {resolve(name) for name in merged}
