@@ -43,10 +43,9 @@ def peak_rss(cmd: list[str], timeout: float = 1800) -> dict[str, Any]:
 
 
 _STAGES = """
-import json, resource, sys, time
+import json, sys, time
 import tensorflow as tf
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from graphopt.bench import peak_rss_bytes as peak
 out = {"tf_import": peak()}
 from graphopt.loaders import load
 from graphopt.pipeline import Pipeline

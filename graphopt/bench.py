@@ -337,10 +337,23 @@ class _ServingSession:
         self.session.close()
 
 
-def _cold_child(spec_file: str) -> None:
-    """Entry point of the fresh process (TensorFlow is already imported): print one JSON line."""
+def peak_rss_bytes() -> int:
+    """This process's peak RSS. Linux: ``VmHWM`` (belongs to the current program image); ``ru_maxrss``
+    would report the parent's peak, since it is inherited through fork and kept across exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
     import resource
 
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _cold_child(spec_file: str) -> None:
+    """Entry point of the fresh process (TensorFlow is already imported): print one JSON line."""
     import psutil
 
     spec = json.loads(Path(spec_file).read_text())
@@ -355,7 +368,7 @@ def _cold_child(spec_file: str) -> None:
     t2 = time.perf_counter()
     sess.run(feed_dict)
     t3 = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = peak_rss_bytes()
     rss = proc.memory_info().rss
     print("GRAPHOPT_COLD " + json.dumps({"load_s": t1 - t0, "first_run_s": t3 - t2, "method": sess.method,
                                          "peak_rss_bytes": max(peak, rss) - base_rss,
