@@ -41,6 +41,7 @@ def build(name: str, flavor: str, size: int):
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from graphopt.model import Model, Signature, TensorSpec
+    from graphopt.testing import randomize_batch_norms
 
     if flavor == "tf_keras":
         import tf_keras as keras
@@ -48,21 +49,7 @@ def build(name: str, flavor: str, size: int):
         import keras
     keras.utils.set_random_seed(0)
     km = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classifier_activation=None)
-    rng = np.random.default_rng(0)
-    for layer in km.layers:
-        if type(layer).__name__.startswith("BatchNormalization"):
-            values = []
-            for var in layer.weights:
-                n, shape = var.name, tuple(var.shape)
-                if "variance" in n:
-                    values.append(rng.uniform(0.5, 2.0, shape))
-                elif "mean" in n:
-                    values.append(rng.normal(0.0, 0.5, shape))
-                elif "gamma" in n:
-                    values.append(rng.uniform(0.5, 1.5, shape))
-                else:
-                    values.append(rng.normal(0.0, 0.2, shape))
-            layer.set_weights([v.astype("float32") for v in values])
+    randomize_batch_norms(km)
     spec = tf.TensorSpec([1, size, size, 3], tf.float32)
     fn = tf.function(lambda x: km(x, training=False)).get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(fn)

@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 ONEDNN_SETTINGS = {"default": None, "onednn=0": "0", "onednn=1": "1"}
 # (label, graph file, runtime Grappler, intra-op threads, inter-op threads)
@@ -56,7 +54,7 @@ def prepare(models: list[str], work: Path, onnx: bool) -> dict:
     import numpy as np
 
     from graphopt.pipeline import Pipeline
-    from models import frozen_keras, randomize_batch_norms
+    from graphopt.testing import frozen_keras, randomize_batch_norms
 
     info: dict = {}
     for name in models:

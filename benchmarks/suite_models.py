@@ -18,6 +18,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from graphopt.testing import randomize_batch_norms
 from typing import Any, Callable
 
 import numpy as np
@@ -45,27 +47,6 @@ class SuiteModel:
 
 def slug(name: str) -> str:
     return SHORT_NAMES.get(name, name.lower())
-
-
-def randomize_batch_norms(keras_model: Any, seed: int = 0) -> None:
-    """Non-trivial moving mean/variance, gamma and beta in every BatchNormalization layer."""
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in keras_model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            values = []
-            for var in layer.weights:
-                shape, name = tuple(var.shape), var.name
-                if "variance" in name:
-                    values.append(rng.uniform(0.5, 2.0, shape))
-                elif "mean" in name:
-                    values.append(rng.normal(0.0, 0.5, shape))
-                elif "gamma" in name:
-                    values.append(rng.uniform(0.5, 1.5, shape))
-                else:
-                    values.append(rng.normal(0.0, 0.2, shape))
-            layer.set_weights([v.astype("float32") for v in values])
 
 
 def build_keras(name: str, path: Path) -> SuiteModel:

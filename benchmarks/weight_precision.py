@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 VARIANTS = {
     "serving": "serving",
@@ -36,7 +35,7 @@ def measure(name: str, seeds: int = 2) -> list[dict]:
 
     from graphopt.pipeline import Pipeline
     from graphopt.runtime import random_inputs, run_model
-    from models import frozen_keras, randomize_batch_norms
+    from graphopt.testing import frozen_keras, randomize_batch_norms
 
     keras.utils.set_random_seed(0)
     model = frozen_keras(randomize_batch_norms(getattr(keras.applications, name)(weights=None)))

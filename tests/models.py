@@ -62,46 +62,8 @@ def tf1_seed_graph(*, loop: bool = True):
     return Model(graph_def, sig, source="<tf1_seed_graph>", format="graph_def"), facts
 
 
-def randomize_batch_norms(keras_model, seed: int = 0):
-    """Give every BatchNormalization layer random, non-trivial statistics (``weights=None`` leaves mean 0, var 1).
-
-    Without this, BN is the identity and folding or quantizing it proves nothing.
-    """
-    import keras
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    for layer in keras_model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            values = []
-            for var in layer.weights:
-                shape, name = tuple(var.shape), var.name
-                if "variance" in name:
-                    values.append(rng.uniform(0.5, 2.0, shape))
-                elif "mean" in name:
-                    values.append(rng.normal(0.0, 0.5, shape))
-                elif "gamma" in name:
-                    values.append(rng.uniform(0.5, 1.5, shape))
-                else:
-                    values.append(rng.normal(0.0, 0.2, shape))
-            layer.set_weights([v.astype("float32") for v in values])
-    return keras_model
-
-
-def frozen_keras(keras_model, *, batch: int = 1, input_name: str = "input"):
-    """A Keras model frozen into a graphopt Model (fixed batch), signature ``input`` -> ``output``."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    from graphopt.model import Model, Signature, TensorSpec
-
-    spec = tf.TensorSpec([batch, *keras_model.input_shape[1:]], tf.float32, name=input_name)
-    fn = tf.function(lambda x: keras_model(x, training=False)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(fn)
-    inp, out = frozen.inputs[0], frozen.outputs[0]
-    sig = Signature(inputs={"input": TensorSpec(inp.name, "float32", tuple(inp.shape))},
-                    outputs={"output": TensorSpec(out.name, out.dtype.name, tuple(out.shape))})
-    return Model(frozen.graph.as_graph_def(), sig, source=keras_model.name, format="keras")
+# Shared with the benchmarks and with plugin authors' tests.
+from graphopt.testing import frozen_keras, randomize_batch_norms  # noqa: E402,F401
 
 
 def small_mobilenet(seed: int = 0):
