@@ -204,3 +204,20 @@ def tf2_load_time_findings(meta_graph_def) -> list[Finding]:
                 continue
             found.append(Finding(node.name, node.op, UNSAFE_OPS[node.op], name))
     return found
+
+
+ENV_ALLOW_UNSAFE_LOAD = "GRAPHOPT_ALLOW_UNSAFE_LOAD"
+
+
+def refuse_unsafe_load(found: list[Finding], *, runs: str, where: str, why: str = "") -> None:
+    """Raise :class:`UnsafeGraphError` for ops a loader would run while loading, unless
+    ``GRAPHOPT_ALLOW_UNSAFE_LOAD=1``. ``runs`` names what runs them ("the model's main op")."""
+    import os
+
+    if not found or os.environ.get(ENV_ALLOW_UNSAFE_LOAD, "") == "1":
+        return
+    ops = sorted({f.op for f in found})
+    raise UnsafeGraphError(
+        f"refusing to load: {runs} would run {len(found)} op(s) that reach outside the process ({', '.join(ops)})",
+        where=where, details=[f"{f.location}: {f.op} {f.reason}" for f in found[:8]],
+        hint=f"{why + '; ' if why else ''}if you trust this model, set {ENV_ALLOW_UNSAFE_LOAD}=1")

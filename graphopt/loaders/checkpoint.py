@@ -57,23 +57,14 @@ def _serving_sinks(graph: Any, sinks: list[str], has_training: bool) -> list[str
 def _refuse_unsafe_restore(meta: Any, where: str) -> None:
     """Loading runs the saver's restore op and the table initializers: refuse ones that reach outside
     the process beyond reading the checkpoint and vocabulary files (a hostile .meta can name any op)."""
-    import os
-
-    from graphopt.errors import UnsafeGraphError
-    from graphopt.loaders.saved_model_tf1 import ENV_ALLOW_UNSAFE_LOAD
-    from graphopt.safety import load_time_findings
+    from graphopt.safety import load_time_findings, refuse_unsafe_load
 
     roots = [meta.saver_def.restore_op_name] if meta.saver_def.restore_op_name else []
     if "table_initializer" in meta.collection_def:
         roots += list(meta.collection_def["table_initializer"].node_list.value)
     found = load_time_findings(meta, roots, expected=("RestoreV2", "Restore", "RestoreSlice",
                                                       "InitializeTableFromTextFile", "InitializeTableFromTextFileV2"))
-    if found and os.environ.get(ENV_ALLOW_UNSAFE_LOAD, "") != "1":
-        ops = sorted({f.op for f in found})
-        raise UnsafeGraphError(
-            f"refusing to load: restoring the checkpoint would run {len(found)} op(s) that reach outside the "
-            f"process ({', '.join(ops)})", where=where, details=[f"{f.location}: {f.op} {f.reason}" for f in found[:8]],
-            hint=f"if you trust this checkpoint, set {ENV_ALLOW_UNSAFE_LOAD}=1")
+    refuse_unsafe_load(found, runs="restoring the checkpoint", where=where)
 
 
 def load_checkpoint(src: str, *, signature: str | None = None, tags: Sequence[str] | None = None,

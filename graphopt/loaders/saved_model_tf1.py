@@ -85,23 +85,12 @@ def freeze_session(session: Any, graph: Any, signature: Signature) -> tuple[Any,
     return frozen, init_ops
 
 
-ENV_ALLOW_UNSAFE_LOAD = "GRAPHOPT_ALLOW_UNSAFE_LOAD"
-
-
 def _refuse_unsafe_init(meta: Any, path: str) -> None:
     """Loading runs the main op: refuse one that reaches outside the process (file writes, PyFunc, ...)."""
-    import os
+    from graphopt.safety import load_time_findings, refuse_unsafe_load
 
-    from graphopt.errors import UnsafeGraphError
-    from graphopt.safety import load_time_findings
-
-    found = load_time_findings(meta)
-    if found and os.environ.get(ENV_ALLOW_UNSAFE_LOAD, "") != "1":
-        ops = sorted({f.op for f in found})
-        raise UnsafeGraphError(
-            f"refusing to load: the model's main op runs {len(found)} op(s) that reach outside the process "
-            f"({', '.join(ops)})", where=path, details=[f"{f.location}: {f.op} {f.reason}" for f in found[:8]],
-            hint=f"loading a TF1 SavedModel runs its main op; if you trust this model, set {ENV_ALLOW_UNSAFE_LOAD}=1")
+    refuse_unsafe_load(load_time_findings(meta), runs="the model's main op", where=path,
+                       why="loading a TF1 SavedModel runs its main op")
 
 
 def load_saved_model_tf1(path: str, *, signature: str | None = None, tags: Sequence[str] | None = None,

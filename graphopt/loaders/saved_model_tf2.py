@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from graphopt import memory
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
 from graphopt.loaders.tables import RESOURCE, inline_captured_tables
@@ -100,20 +101,12 @@ def _pick_call_function(obj: Any, where: str) -> Any:
 
 def _refuse_unsafe_init(path: str) -> None:
     """``tf.saved_model.load`` runs resource initializers: refuse ones that reach outside the process."""
-    import os
-
-    from graphopt.errors import UnsafeGraphError
-    from graphopt.loaders.saved_model_tf1 import ENV_ALLOW_UNSAFE_LOAD, read_saved_model
-    from graphopt.safety import tf2_load_time_findings
+    from graphopt.loaders.saved_model_tf1 import read_saved_model
+    from graphopt.safety import refuse_unsafe_load, tf2_load_time_findings
 
     found = [f for meta in read_saved_model(path).meta_graphs for f in tf2_load_time_findings(meta)]
-    if found and os.environ.get(ENV_ALLOW_UNSAFE_LOAD, "") != "1":
-        ops = sorted({f.op for f in found})
-        raise UnsafeGraphError(
-            f"refusing to load: the model's resource initializers run {len(found)} op(s) that reach outside the "
-            f"process ({', '.join(ops)})", where=path, details=[f"{f.location}: {f.op} {f.reason}" for f in found[:8]],
-            hint="tf.saved_model.load runs them while loading; if you trust this model, "
-                 f"set {ENV_ALLOW_UNSAFE_LOAD}=1")
+    refuse_unsafe_load(found, runs="the model's resource initializers", where=path,
+                       why="tf.saved_model.load runs them while loading")
 
 
 def load_tf2_object(path: str, tags: Sequence[str] | None) -> Any:
@@ -148,6 +141,10 @@ def load_saved_model_tf2(path: str, *, signature: str | None = None, tags: Seque
         model = freeze_function(fn, key=DEFAULT_SIGNATURE, source=path, fmt=fmt)
         model.metadata["function"] = "__call__"
     model.metadata["signatures"] = available
+    # The loaded object holds every variable (as big as the model) and the frozen function's graph; only
+    # the GraphDef is needed from here on, so drop them before the pipeline allocates its own copies.
+    del obj, fn
+    memory.release()
     return restrict(model, inputs, outputs)
 
 
