@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Union
 
-from graphopt import transform_spec
+from graphopt import memory, transform_spec
 from graphopt.errors import GraphoptError, PassError, PluginError, UsageError
 from graphopt.graph_check import check_graph
 from graphopt.model import Model
@@ -379,6 +379,9 @@ class Pipeline:
                                      "iterations; stopped at the bound")
             else:
                 model = self._run_pass(step, model, ctx, iteration)
+                # The previous pass's graph (and any copy a pass made) is garbage now; glibc keeps such
+                # pages in TF's thread arenas unless asked, so hand them back before the next pass.
+                memory.release()
         return model
 
     def _run_pass(self, pass_: Pass, model: Model, ctx: RunContext, iteration: int | None) -> Model:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from graphopt import memory
 from graphopt.errors import GraphoptError, InputError, VerificationError
 from graphopt.model import Model, Signature, node_name
 
@@ -442,8 +443,10 @@ def verify(original: Model, optimized: Model, *, samples: str | Path | Mapping[s
         raise VerificationError("the optimized model lost signature inputs", where="verification",
                                 details=[f"missing: {', '.join(missing_in)}"])
     a_out = _run(Session, original, feeds, config, "original")
+    memory.release()  # the original's session is closed: give its graph and buffers back before the second one
     b_out = _run(Session, optimized, {k: v for k, v in feeds.items() if k in optimized.signature.inputs}, config,
                  "optimized")
+    memory.release()
     detection = _has_nms(original)
     diffs: list[OutputDiff] = []
     for key in sig.outputs:
