@@ -17,8 +17,8 @@ What is measured, and why this way:
   them interleaved run by run on the same inputs (so background load on a
   shared machine hits all models alike), and reports median and p90.
 * ``grappler`` sets runtime Grappler per model as TF Serving's session config
-  would: ``"full"`` (TensorFlow's default), ``"off"`` (what a model
-  pre-optimized by ``grappler_optimize`` ships), ``"constfold"`` (what fp16/int8
+  would: ``"full"`` (TensorFlow's default), ``"off"`` / ``"remap"`` (what a
+  model pre-optimized by ``grappler_optimize`` ships), ``"constfold"`` (what fp16/int8
   weights ship), or ``"shipped"``: the ``session_config.pbtxt`` found beside
   the model (see :mod:`graphopt.serving_config`), else ``"full"``.
 
@@ -258,15 +258,19 @@ def runtime_config(setting: bool | str, path: str | Path | None = None) -> tuple
         except (text_format.ParseError, OSError) as exc:
             raise InputError(f"cannot read the shipped session config: {exc}", where=str(found)) from None
         return config, f"{describe_config(config)} (shipped)"
-    if setting not in ("full", "off", "constfold"):
-        raise UsageError(f"runtime optimizer must be full, off, constfold or shipped, not {setting!r}",
+    if setting not in ("full", "off", "constfold", "remap"):
+        raise UsageError(f"runtime optimizer must be full, off, constfold, remap or shipped, not {setting!r}",
                          where="--grappler")
     config = tf.compat.v1.ConfigProto()
     rewrite = config.graph_options.rewrite_options
     if setting == "off":
         rewrite.disable_meta_optimizer = True
     elif setting == "constfold":
-        rewrite.optimizers.append("constfold")  # a non-empty list runs exactly these optimizers
+        rewrite.optimizers.append(setting)  # a non-empty list runs exactly these optimizers
+    elif setting == "remap":
+        from graphopt.serving_config import session_config_proto
+
+        config.CopyFrom(session_config_proto(runtime_optimizer="remap"))
     return config, setting
 
 

@@ -105,8 +105,9 @@ def test_isolated_child_gives_the_same_graph(mobilenet):
     assert ops(child.model) == ops(here.model)
 
 
-def _run_in_fresh_process(model, feeds, onednn: str):
-    """Outputs of ``model`` run with runtime Grappler off in a new process with TF_ENABLE_ONEDNN_OPTS=onednn."""
+def _run_in_fresh_process(model, feeds, onednn: str, runtime_optimizer: str = "off"):
+    """Outputs of ``model`` run with ``runtime_optimizer`` (default off) in a new process with
+    TF_ENABLE_ONEDNN_OPTS=onednn."""
     import os
     import pickle
     import subprocess
@@ -114,14 +115,15 @@ def _run_in_fresh_process(model, feeds, onednn: str):
     import tempfile
 
     code = ("import pickle, sys\n"
-            "from graphopt.runtime import run_model, session_config\n"
+            "from graphopt.runtime import run_model\n"
+            "from graphopt.serving_config import session_config_proto\n"
             "model, feeds = pickle.load(open(sys.argv[1], 'rb'))\n"
-            "out = run_model(model, feeds, config=session_config(grappler=False))\n"
+            "out = run_model(model, feeds, config=session_config_proto(runtime_optimizer=sys.argv[2]))\n"
             "pickle.dump(out, open(sys.argv[1], 'wb'))\n")
     with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
         pickle.dump((model, feeds), f)
     try:
-        proc = subprocess.run([sys.executable, "-c", code, f.name], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", code, f.name, runtime_optimizer], capture_output=True, text=True,
                               env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2"))
         assert proc.returncode == 0, proc.stderr[-1500:]
         with open(f.name, "rb") as g:
@@ -212,8 +214,11 @@ def test_weights_compressed_after_grappler_stay_compressed_and_ask_for_constfold
     assert ops(out)["_FusedConv2D"] >= 20 and any(
         n.op == "Const" and n.attr["dtype"].type == 19 for n in out.graph_def.node)
     assert serving_config.recommended_optimizer(out) == "constfold"
-    assert serving_config.recommended_optimizer(Pipeline.parse("grappler_optimize").run(model).model) == "off"
+    assert serving_config.recommended_optimizer(Pipeline.parse("grappler_optimize").run(model).model) == "remap"
     assert serving_config.recommended_optimizer(model) == "full"
+    # nothing left for the runtime remapper (no depthwise conv, Sigmoid, ...): runtime Grappler off, cheapest start
+    dense = GrapplerOptimize().run(_dense_relu_with_table()).model
+    assert serving_config.recommended_optimizer(dense) == "off"
     config = serving_config.session_config_proto(runtime_optimizer="constfold")
     got = run_model(out, feeds, config=config)["output"]
     assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-3
@@ -240,6 +245,8 @@ def test_serving_config_texts_parse_back_as_the_protos_tf_serving_reads(tmp_path
     assert serving_config.parse_platform_config(paths["platform"].read_text())[1].intra_op_parallelism_threads == 4
     assert serving_config.model_server_flags(tmp_path / "cfg") == [f"--platform_config_file={paths['platform']}"]
     assert serving_config.serving_environment(onednn=True) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    remap = serving_config.session_config_proto(runtime_optimizer="remap").graph_options.rewrite_options
+    assert list(remap.optimizers) == ["remap"] and not remap.disable_meta_optimizer
     with pytest.raises(UsageError):
         serving_config.session_config_proto(runtime_optimizer="sometimes")
 
@@ -260,7 +267,7 @@ def test_serving_preset_beats_gtt_and_grappler_on_a_keras_model(mobilenet):
     assert out.size_bytes <= min(gtt.size_bytes, grappler.size_bytes)
     assert not serving.lossy
     np.testing.assert_allclose(run_model(out, feeds, config=off())["output"], ref, rtol=1e-4, atol=1e-6)
-    assert serving_config.recommended_optimizer(out) == "off"
+    assert serving_config.recommended_optimizer(out) == "remap"
 
     fast = Pipeline.parse("serving-onednn").run(model).model  # for servers with oneDNN on
     assert ops(fast)["_FusedDepthwiseConv2dNative"] == c["DepthwiseConv2dNative"]
@@ -311,3 +318,43 @@ def test_a_graph_with_a_function_library_is_optimized_in_a_child_and_still_runs(
     np.testing.assert_allclose(run_model(result.model, feeds, config=off())["y"], ref, rtol=1e-6)
     serving = Pipeline.parse("serving").run(model).model
     np.testing.assert_allclose(run_model(serving, feeds, config=off())["y"], ref, rtol=1e-6)
+
+
+def executed_ops(model, feeds, config) -> tuple[Counter, np.ndarray]:
+    """Ops of the graph the session really executed (after runtime Grappler and oneDNN's rewrites), and the output."""
+    import tensorflow as tf
+
+    from graphopt.runtime import Session
+
+    with Session(model, config=config) as sess:
+        graph = sess.graph
+        fetch = graph.get_tensor_by_name(next(iter(model.signature.outputs.values())).name)
+        feed = {graph.get_tensor_by_name(model.signature.inputs[k].name): v for k, v in feeds.items()}
+        meta = tf.compat.v1.RunMetadata()
+        out = sess.session.run(fetch, feed, options=tf.compat.v1.RunOptions(output_partition_graphs=True),
+                               run_metadata=meta)
+    return Counter(n.op for g in meta.partition_graphs for n in g.node), out
+
+
+def test_shipped_remap_config_rebuilds_the_fusions_the_portable_graph_leaves_split(mobilenet):
+    # The portable serving graph keeps depthwise conv + BiasAdd + Relu6 split (its fused kernel needs oneDNN);
+    # the shipped config runs only the remapper at the first request, which fuses them where this build can.
+    model, feeds, ref = mobilenet
+    out = Pipeline.parse("serving").run(model).model
+    mode = serving_config.recommended_optimizer(out)
+    assert mode == "remap"
+    shipped, got = executed_ops(out, feeds, serving_config.session_config_proto(runtime_optimizer=mode))
+    split, _ = executed_ops(out, feeds, off())
+    full, _ = executed_ops(out, feeds, serving_config.session_config_proto(runtime_optimizer="full"))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+    depthwise = ops(out)["DepthwiseConv2dNative"]
+    assert depthwise >= 15
+    if onednn_enabled():
+        fused = "_MklNativeFusedDepthwiseConv2dNative"
+        assert shipped[fused] == full[fused] == depthwise and split[fused] == 0
+        assert shipped["Relu6"] == full["Relu6"] == 0 < split["Relu6"]
+    # the remapper alone gives the same executed graph as TensorFlow's full runtime Grappler
+    assert shipped == full
+    for setting in ("0", "1"):  # and it runs on servers with oneDNN off and on
+        got = _run_in_fresh_process(out, feeds, setting, mode)["output"]
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)

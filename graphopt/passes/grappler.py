@@ -3,7 +3,10 @@
 TensorFlow's runtime optimizer (Grappler) rewrites a graph when a session first
 builds an executor, i.e. on the first request. Running it here instead, and
 serving with runtime Grappler off (see :mod:`graphopt.serving_config`), moves
-that cost out of the first request at equal latency.
+that cost out of the first request at equal latency. Fusions only a oneDNN
+build runs (depthwise conv + BiasAdd + activation, Swish) cannot stay in a
+portable graph: where such ops remain (:func:`runtime_fusion_candidates`), the
+shipped config runs the remapper alone at serving time (``"remap"``).
 
 Every node is placed on the target device first (default ``/device:CPU:0``):
 Grappler's remapper only fuses ops it knows run on CPU, so without placement
@@ -160,6 +163,18 @@ PORTABLE_FUSIONS = {
 
 def _fusion(node: Any) -> tuple[str, ...]:
     return tuple(s.decode() for s in node.attr["fused_ops"].list.s)
+
+
+# Ops the runtime remapper of a oneDNN build fuses into kernels a portable offline graph cannot hold
+# (split back by split_onednn_fusions or never made where oneDNN is off): depthwise conv + BiasAdd [+ activation]
+# (_MklNativeFusedDepthwiseConv2dNative), Sigmoid * x (_MklSwish), GELU's Erf/Tanh into _MklFusedMatMul.
+RUNTIME_FUSION_OPS = frozenset({"DepthwiseConv2dNative", "Sigmoid", "Erf", "Tanh"})
+
+
+def runtime_fusion_candidates(graph_def: Any) -> int:
+    """How many nodes only the serving build's runtime remapper can still fuse (see ``RUNTIME_FUSION_OPS``)."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return sum(1 for n in nodes if n.op in RUNTIME_FUSION_OPS)
 
 
 def non_portable_nodes(graph_def: Any) -> list[str]:

@@ -37,10 +37,10 @@ def configure(parser) -> None:
 
 def _grappler_flags(text: str, n: int) -> str | list[str]:
     modes = {"on": "full", "true": "full", "full": "full", "off": "off", "false": "off", "constfold": "constfold",
-             "shipped": "shipped"}
+             "remap": "remap", "shipped": "shipped"}
     parts = [p.strip().lower() for p in text.split(",")]
     if any(p not in modes for p in parts):
-        raise UsageError(f"--grappler takes full, off, constfold or shipped (or a list of them), not {text!r}")
+        raise UsageError(f"--grappler takes full, off, constfold, remap or shipped (or a list of them), not {text!r}")
     if len(parts) == 1:
         return modes[parts[0]]
     if len(parts) != n:

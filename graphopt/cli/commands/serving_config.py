@@ -16,9 +16,11 @@ def configure(parser) -> None:
                         help="serve these versions of NAME (default: the latest only)")
     parser.add_argument("--label", action="append", default=[], metavar="NAME:LABEL=VERSION",
                         help="a version label, e.g. detector:stable=2 (the version is also loaded)")
-    parser.add_argument("--runtime-optimizer", choices=("off", "constfold", "full"), default="off",
-                        help="Grappler at serving time in session/platform config: off for pre-optimized graphs "
-                             "(default), constfold after weight compression, full for untouched graphs")
+    parser.add_argument("--runtime-optimizer", choices=("off", "remap", "constfold", "full"),
+                        default="off", help="Grappler at serving time in session/platform config: off (default) or "
+                        "remap (only kernel fusion; what `optimize` ships for graphs with depthwise convs or Sigmoid) for "
+                        "pre-optimized graphs, constfold after "
+                        "weight compression, full for untouched graphs")
     parser.add_argument("--no-session-config", action="store_true",
                         help="write models.config only (the model was not pre-optimized)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the files into")
