@@ -318,7 +318,9 @@ class GrapplerOptimize(Pass):
             raise PassError("Grappler cannot run on this graph: " + problems[0], details=problems[1:5],
                             hint="give every placeholder a dtype and name existing signature tensors")
         device = self.config["device"]
-        meta = build_meta_graph(model, device)
+        # Serialized once and the MetaGraphDef dropped: on a 100 MB graph every whole-graph copy alive at
+        # once is 100 MB of peak memory (optimize's peak is reached in this pass).
+        meta_bytes = build_meta_graph(model, device).SerializeToString()
         config = grappler_config(self.config["optimizers"])
         isolate = self.config["isolate"]
         # With oneDNN on, the remapper emits fusions ([BiasAdd, Add], ...) only oneDNN kernels implement: a graph
@@ -338,16 +340,17 @@ class GrapplerOptimize(Pass):
         in_child = switch or isolate == "always" or (isolate == "auto" and len(model.graph_def.library.function) > 0)
         try:
             if in_child:
-                out_bytes = _optimize_in_child(config.SerializeToString(), meta.SerializeToString(),
+                out_bytes = _optimize_in_child(config.SerializeToString(), meta_bytes,
                                                self.config["timeout"], onednn if switch else None)
             else:
-                out_bytes = _optimize_here(config.SerializeToString(), meta.SerializeToString())
+                out_bytes = _optimize_here(config.SerializeToString(), meta_bytes)
         except PassError:
             raise
         except Exception as exc:  # a TF status error: name it, never let it escape raw
             raise PassError(f"Grappler failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
                             where=f"device {device or 'none'}") from None
         graph_def = type(model.graph_def).FromString(out_bytes)
+        del out_bytes
         split = 0
         if onednn is False and here:
             split = split_onednn_fusions(graph_def)
@@ -356,9 +359,10 @@ class GrapplerOptimize(Pass):
                 raise PassError(f"oneDNN-only kernels left (e.g. '{left[0]}') and isolate=never forbids the "
                                 "oneDNN-off child that would avoid them", hint="use onednn=current or drop isolate")
             if left:
-                out_bytes = _optimize_in_child(config.SerializeToString(), meta.SerializeToString(),
-                                               self.config["timeout"], False)
+                out_bytes = _optimize_in_child(config.SerializeToString(), meta_bytes, self.config["timeout"], False)
                 graph_def, split, in_child = type(model.graph_def).FromString(out_bytes), 0, True
+                del out_bytes
+        del meta_bytes
         if not graph_def.HasField("versions") and model.graph_def.HasField("versions"):
             graph_def.versions.CopyFrom(model.graph_def.versions)
         tidied = tidy_folded_names(graph_def, model.protected_nodes)
@@ -378,8 +382,8 @@ class GrapplerOptimize(Pass):
         counters = {"nodes_before": len(model.graph_def.node), "nodes_after": len(graph_def.node),
                     "fused_ops": fused, "isolated": int(in_child), "onednn_fusions_split": split,
                     "names_tidied": tidied}
-        modified = graph_def.SerializeToString(deterministic=True) != model.graph_def.SerializeToString(
-            deterministic=True)
+        # Sizes differ almost always; only equal sizes pay for a full comparison (no serialized copies).
+        modified = graph_def.ByteSize() != model.graph_def.ByteSize() or graph_def != model.graph_def
         notes = []
         if model.metadata.get("weight_storage"):
             notes.append(f"weights stored as {model.metadata['weight_storage']} were folded back to float32: "
