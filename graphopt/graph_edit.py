@@ -76,6 +76,15 @@ _BINARY = {
 _PASS_THROUGH = {"Identity", "Snapshot", "StopGradient", "PreventGradient"}
 
 
+def unused_name(base: str, names: set[str]) -> str:
+    """``base`` if not in ``names``, else ``base_1``, ``base_2``...; the name returned is added to ``names``."""
+    name, i = base, 1
+    while name in names:
+        name, i = f"{base}_{i}", i + 1
+    names.add(name)
+    return name
+
+
 class GraphEditor:
     """An index over a GraphDef that a pass edits in place, then :meth:`commit`\\ s.
 

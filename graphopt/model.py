@@ -74,6 +74,24 @@ class Signature:
     def output_nodes(self) -> list[str]:
         return list(dict.fromkeys(t.node for t in self.outputs.values()))
 
+    def to_proto(self) -> Any:
+        """The ``SignatureDef`` proto: dtypes and shapes as the model states them (unknown dims -1)."""
+        from tensorflow.core.protobuf import meta_graph_pb2
+        from tensorflow.python.framework import dtypes
+
+        proto = meta_graph_pb2.SignatureDef(method_name=self.method_name)
+        for target, specs in ((proto.inputs, self.inputs), (proto.outputs, self.outputs)):
+            for key, spec in specs.items():
+                info = target[key]
+                info.name = spec.name
+                info.dtype = dtypes.as_dtype(spec.dtype).as_datatype_enum
+                if spec.shape is None:
+                    info.tensor_shape.unknown_rank = True
+                else:
+                    for d in spec.shape:
+                        info.tensor_shape.dim.add(size=-1 if d is None else int(d))
+        return proto
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": self.key,

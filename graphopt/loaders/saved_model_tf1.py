@@ -58,18 +58,21 @@ def choose_meta_graph(path: str, tags: Sequence[str] | None, preferred: Sequence
     """The meta graph for ``tags``; when not given: the only one, else the one tagged exactly ``preferred``."""
     metas = list(read_saved_model(path).meta_graphs)
     listing = ", ".join(str(sorted(m.meta_info_def.tags)) for m in metas)
+
+    def tagged(wanted: Sequence[str]) -> Any:
+        return next((m for m in metas if set(m.meta_info_def.tags) == set(wanted)), None)
+
     if tags is not None:
-        for m in metas:
-            if set(m.meta_info_def.tags) == set(tags):
-                return m
+        found = tagged(tags)
+        if found is not None:
+            return found
         raise InputError(f"no meta graph with tags {sorted(tags)}", where=path,
                          hint=f"tag sets in the model: {listing}; pick one with --tags t1,t2")
     if len(metas) == 1:
         return metas[0]
-    if preferred is not None:
-        for m in metas:
-            if set(m.meta_info_def.tags) == set(preferred):
-                return m
+    found = tagged(preferred) if preferred is not None else None
+    if found is not None:
+        return found
     raise InputError(f"the model has {len(metas)} meta graphs", where=path,
                      hint=f"pick one with --tags t1,t2 (use --tags '' for the empty set); tag sets: {listing}")
 

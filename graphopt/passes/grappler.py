@@ -31,6 +31,7 @@ from collections import Counter
 from typing import Any
 
 from graphopt.errors import PassError
+from graphopt.graph_edit import unused_name
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
 
@@ -66,18 +67,6 @@ def check_preconditions(model: Model) -> list[str]:
     return problems
 
 
-def _tensor_info(spec: Any, info: Any) -> None:
-    from tensorflow.python.framework import dtypes
-
-    info.name = spec.name
-    info.dtype = dtypes.as_dtype(spec.dtype).as_datatype_enum
-    if spec.shape is None:
-        info.tensor_shape.unknown_rank = True
-    else:
-        for d in spec.shape:
-            info.tensor_shape.dim.add(size=-1 if d is None else d)
-
-
 def build_meta_graph(model: Model, device: str) -> Any:
     """A MetaGraphDef Grappler reads feeds and fetches from: the signature, plus init ops as fetches."""
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -87,12 +76,7 @@ def build_meta_graph(model: Model, device: str) -> Any:
     if device:
         for node in meta.graph_def.node:
             node.device = device
-    sig = meta.signature_def[model.signature.key]
-    sig.method_name = model.signature.method_name
-    for key, spec in model.signature.inputs.items():
-        _tensor_info(spec, sig.inputs[key])
-    for key, spec in model.signature.outputs.items():
-        _tensor_info(spec, sig.outputs[key])
+    meta.signature_def[model.signature.key].CopyFrom(model.signature.to_proto())
     # Fetch nodes are never pruned nor renamed; init ops must survive although no output needs them.
     fetch = dict.fromkeys(model.signature.output_nodes + [node_name(n) for n in model.init_ops])
     meta.collection_def["train_op"].node_list.value.extend(fetch)
@@ -220,7 +204,7 @@ def split_onednn_fusions(graph_def: Any) -> int:
         alpha = node.attr["leakyrelu_alpha"].f if "leakyrelu_alpha" in node.attr else None
         chain: list[Any] = []
         if node.op == "_FusedDepthwiseConv2dNative":
-            conv = node_def_pb2.NodeDef(name=_fresh(f"{original}/depthwise", names), op="DepthwiseConv2dNative",
+            conv = node_def_pb2.NodeDef(name=unused_name(f"{original}/depthwise", names), op="DepthwiseConv2dNative",
                                         input=data[:2] + control, device=device)
             for key in ("T", "strides", "padding", "explicit_paddings", "data_format", "dilations"):
                 if key in node.attr:
@@ -231,7 +215,7 @@ def split_onednn_fusions(graph_def: Any) -> int:
         else:
             conv = node_def_pb2.NodeDef()
             conv.CopyFrom(node)
-            conv.name = _fresh(f"{original}/biased", names)
+            conv.name = unused_name(f"{original}/biased", names)
             del conv.input[:]
             conv.input.extend(data[:3] + control)
             del conv.attr["fused_ops"].list.s[:]
@@ -244,7 +228,7 @@ def split_onednn_fusions(graph_def: Any) -> int:
             last.attr["T"].type = dtype
         chain.append(conv)
         if activation:
-            last.name = _fresh(f"{original}/{last.op}", names)
+            last.name = unused_name(f"{original}/{last.op}", names)
             chain.append(last)
             last = node_def_pb2.NodeDef(name=original, op=activation, input=[last.name], device=device)
             last.attr["T"].type = dtype
@@ -282,14 +266,6 @@ def tidy_folded_names(graph_def: Any, protected: set[str]) -> int:
             if head in renames:
                 node.input[i] = ("^" if ctrl else "") + renames[head] + (sep + port if sep else "")
     return len(renames)
-
-
-def _fresh(base: str, names: set[str]) -> str:
-    name, i = base, 1
-    while name in names:
-        name, i = f"{base}_{i}", i + 1
-    names.add(name)
-    return name
 
 
 class GrapplerOptimize(Pass):

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from graphopt.graph_edit import unused_name
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
 
@@ -117,14 +118,6 @@ def _const(name: str, array: np.ndarray, device: str, control: list[str] = ()):
     return node
 
 
-def _unused_name(base: str, names: set[str]) -> str:
-    name, i = base, 1
-    while name in names:
-        name, i = f"{base}_{i}", i + 1
-    names.add(name)
-    return name
-
-
 def _turn_into(node, op: str, inputs: list[str], attrs: dict[str, Any]) -> None:
     """Rewrite ``node`` in place (keeping name and device) as ``op(inputs)``."""
     name, device = node.name, node.device
@@ -177,7 +170,7 @@ class WeightsToFp16(Pass):
                 max_err = max(max_err, float(np.abs(half.astype(np.float32) - w).max() / scale))
             before = node.ByteSize()
             control = _control_inputs(node)
-            const_name = _unused_name(f"{node.name}/fp16", names)
+            const_name = unused_name(f"{node.name}/fp16", names)
             const = _const(const_name, half, node.device, control)
             _turn_into(node, "Cast", [const_name], {"SrcT": 19, "DstT": 1, "Truncate": False})  # half -> float
             new_nodes.append(const)
@@ -253,9 +246,9 @@ class WeightsToInt8(Pass):
                 err = float(np.abs(q.astype(np.float32) * scale - w).max() / amax)
                 counters["max_relative_weight_error"] = max(counters["max_relative_weight_error"], err)
             before = node.ByteSize()
-            q_name = _unused_name(f"{node.name}/int8", names)
-            cast_name = _unused_name(f"{node.name}/dequantize", names)
-            scale_name = _unused_name(f"{node.name}/scale", names)
+            q_name = unused_name(f"{node.name}/int8", names)
+            cast_name = unused_name(f"{node.name}/dequantize", names)
+            scale_name = unused_name(f"{node.name}/scale", names)
             control = _control_inputs(node)
             added = [_const(q_name, q, node.device, control), _const(scale_name, scale, node.device, control)]
             from tensorflow.core.framework import node_def_pb2

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphopt.errors import OutputError
-from graphopt.model import Model, Signature
+from graphopt.model import Model
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -94,25 +94,6 @@ def consts_to_variables(graph_def: "GraphDef", *, min_bytes: int = MIN_VARIABLE_
     return VariableGraph(out, values)
 
 
-def signature_def(signature: Signature):
-    """The ``SignatureDef`` proto of a :class:`Signature`, shapes and dtypes as the model states them."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import meta_graph_pb2
-
-    sd = meta_graph_pb2.SignatureDef(method_name=signature.method_name)
-    for target, specs in ((sd.inputs, signature.inputs), (sd.outputs, signature.outputs)):
-        for key, spec in specs.items():
-            info = target[key]
-            info.name = spec.name
-            info.dtype = tf.as_dtype(spec.dtype).as_datatype_enum
-            if spec.shape is None:
-                info.tensor_shape.unknown_rank = True
-            else:
-                for d in spec.shape:
-                    info.tensor_shape.dim.add(size=-1 if d is None else int(d))
-    return sd
-
-
 def write_with_variables(model: Model, export_dir: str | Path, *, min_bytes: int = MIN_VARIABLE_BYTES) -> dict:
     """Write ``model`` as a TF1 SavedModel (tag ``serve``) whose constants of ``min_bytes`` or more are variables.
 
@@ -149,7 +130,7 @@ def write_with_variables(model: Model, export_dir: str | Path, *, min_bytes: int
                 if assigns:
                     sess.run(assigns, feed_dict=feeds)
                 builder = tf.compat.v1.saved_model.Builder(str(export_dir))
-                signatures = {model.signature.key: signature_def(model.signature)}
+                signatures = {model.signature.key: model.signature.to_proto()}
                 builder.add_meta_graph_and_variables(
                     sess, [tf.saved_model.SERVING], signature_def_map=signatures,
                     assets_collection=asset_tensors or None, main_op=main_op, saver=saver, strip_default_attrs=True)
