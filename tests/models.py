@@ -483,3 +483,26 @@ def tf1_checkpoint_writing_at_load(path):
         with v1.Session(graph=g) as sess:
             sess.run(v1.global_variables_initializer())
             v1.train.Saver().save(sess, str(path / "model.ckpt"))
+
+
+def embedding_saved_model(path):
+    """A TF2 SavedModel reading an embedding table (ResourceGather) and one variable from two signatures."""
+    import tensorflow as tf
+
+    class Embed(tf.Module):
+        def __init__(self):
+            self.table = tf.Variable(tf.random.stateless_normal((10, 4), seed=(3, 4)), name="table")
+            self.scale = tf.Variable([1.0, 2.0, 3.0, 4.0], name="scale")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int32, name="ids")])
+        def serve(self, ids):
+            rows = tf.gather(self.table, ids) * self.scale
+            return {"pooled": tf.reduce_mean(rows, axis=1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int32, name="ids")])
+        def norms(self, ids):
+            return {"norm": tf.norm(tf.gather(self.table, ids), axis=-1)}
+
+    module = Embed()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve, "norms": module.norms})
+

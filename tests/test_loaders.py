@@ -46,10 +46,22 @@ def _no_variables(model) -> None:
     assert not ops & {"VariableV2", "VarHandleOp", "ReadVariableOp", "Placeholder_resource"}
 
 
+def _same_as_tf(path, model, feeds) -> None:
+    """The frozen model answers as TensorFlow's own load of the SavedModel does."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures[model.signature.key]
+    _same({k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in feeds.items()}).items()},
+          run_model(model, feeds))
+
+
 def test_tf2_saved_model_keras_export(model_path, tmp_path):
     path = model_path("keras_export", models.keras_saved_model)
     assert detect(path) == "saved_model"
     model = load(path)
+    # Frozen from the protos and the checkpoint, without tf.saved_model.load (the weights exist once).
+    assert model.metadata["freeze"] == "direct"
+    _same_as_tf(path, model, random_inputs(model.signature, batch=2))
     assert model.signature.key == "serving_default"
     assert list(model.signature.inputs) == ["image"]
     spec = model.signature.inputs["image"]
@@ -65,6 +77,7 @@ def test_tf2_string_lookup_answers_after_freeze_and_export(model_path, tmp_path)
     data = np.load(str(path) + ".expected.npz", allow_pickle=True)
     feeds = {"words": data["words"].astype(object)}
     model = load(path)
+    assert model.metadata["freeze"].startswith("tf.saved_model.load (")  # a table: not a variable
     assert len(model.init_ops) == 1
     ops = {n.name: n.op for n in model.graph_def.node}
     assert ops[model.init_ops[0]] == "InitializeTableV2"
@@ -83,6 +96,7 @@ def test_tf2_functional_control_flow_survives_freeze(model_path, tmp_path):
 
     path = model_path("control_flow", models.control_flow_saved_model)
     model = load(path)
+    assert model.metadata["freeze"] == "direct"  # TF's converter rewrote the handles passed into the bodies
     ops = {n.op for n in model.graph_def.node}
     assert ops & {"While", "StatelessWhile"} and ops & {"If", "StatelessIf"}
     assert model.graph_def.library.function  # bodies kept, frozen
@@ -92,6 +106,32 @@ def test_tf2_functional_control_flow_survives_freeze(model_path, tmp_path):
         x=tf.constant(feeds["x"]), steps=tf.constant(feeds["steps"]))
     _same({k: v.numpy() for k, v in original.items()}, run_model(model, feeds))
     roundtrip(model, tmp_path, feeds)
+
+
+def test_tf2_embedding_lookup_and_shared_variable_freeze_directly(model_path, tmp_path):
+    path = model_path("embedding", models.embedding_saved_model)
+    model = load(path)
+    assert model.metadata["freeze"] == "direct"
+    _no_variables(model)
+    ops = {n.op for n in model.graph_def.node}
+    assert "GatherV2" in ops and "ResourceGather" not in ops
+    feeds = {"ids": np.array([[0, 3, 9], [9, 1, 1]], np.int32)}
+    _same_as_tf(path, model, feeds)
+    # Other signatures of the same model freeze the same way.
+    second = load(path, signature="norms")
+    assert second.metadata["freeze"] == "direct"
+    _same_as_tf(path, second, feeds)
+
+
+def test_tf2_checkpoint_that_does_not_match_falls_back_to_tf(model_path, tmp_path):
+    # A variables/ folder from another model: the direct path must not guess, tf.saved_model.load decides.
+    path = tmp_path / "mixed"
+    shutil.copytree(model_path("keras_export", models.keras_saved_model), path)
+    shutil.rmtree(path / "variables")
+    shutil.copytree(model_path("embedding", models.embedding_saved_model) / "variables", path / "variables")
+    with pytest.raises(InputError) as err:
+        load(path)
+    assert err.value.where == str(path)
 
 
 def test_tf1_saved_model_custom_tags_and_signature(model_path, tmp_path):

@@ -1,6 +1,11 @@
 """TF2 SavedModels (``tf.saved_model.save``, Keras ``model.export``), and freezing any TF2 concrete function.
 
-The signature function is frozen with ``convert_variables_to_constants_v2``
+A signature that reads only variables is frozen straight from the protos and
+the checkpoint (:mod:`graphopt.loaders.direct_freeze`: the weights exist once,
+as in TF Serving). Other models (lookup tables, no signatures) go through
+``tf.saved_model.load``; ``model.metadata["freeze"]`` says which path ran and why.
+
+There, the signature function is frozen with ``convert_variables_to_constants_v2``
 and ``lower_control_flow=False``, so functional ``While``/``If`` stay functional
 with their bodies in the graph's function library (also frozen). Tables the
 function captured are re-created in the graph (see :mod:`graphopt.loaders.tables`).
@@ -130,6 +135,10 @@ def load_saved_model_tf2(path: str, *, signature: str | None = None, tags: Seque
                          inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
                          fmt: str = "saved_model") -> Model:
     """Load a TF2 SavedModel and freeze the chosen signature (see module docstring)."""
+    model = _load_direct(path, signature=signature, tags=tags, fmt=fmt)
+    if isinstance(model, Model):
+        return restrict(model, inputs, outputs)
+    why = model
     obj = load_tf2_object(path, tags)
     available = sorted(getattr(obj, "signatures", {}) or {})
     if available or signature is not None:
@@ -141,11 +150,31 @@ def load_saved_model_tf2(path: str, *, signature: str | None = None, tags: Seque
         model = freeze_function(fn, key=DEFAULT_SIGNATURE, source=path, fmt=fmt)
         model.metadata["function"] = "__call__"
     model.metadata["signatures"] = available
+    model.metadata["freeze"] = f"tf.saved_model.load ({why})"
     # The loaded object holds every variable (as big as the model) and the frozen function's graph; only
     # the GraphDef is needed from here on, so drop them before the pipeline allocates its own copies.
     del obj, fn
     memory.release()
     return restrict(model, inputs, outputs)
+
+
+def _load_direct(path: str, *, signature: str | None, tags: Sequence[str] | None, fmt: str) -> Model | str:
+    """The model frozen from its protos and checkpoint (:mod:`graphopt.loaders.direct_freeze`), or why not."""
+    from graphopt.loaders.direct_freeze import NotDirect, freeze_signature
+    from graphopt.loaders.saved_model_tf1 import choose_meta_graph
+
+    meta = choose_meta_graph(path, tags)
+    available = sorted(k for k in meta.signature_def if not k.startswith("__"))
+    if not available and signature is None:
+        return "no signatures: served through __call__"
+    key = sigs.choose_key(available, signature, path)
+    sig = sigs.signature_from_def(meta.signature_def[key], key)
+    try:
+        model = freeze_signature(path, meta, key, sig, fmt=fmt)
+    except NotDirect as exc:
+        return str(exc)
+    model.metadata["signatures"] = available
+    return model
 
 
 def restrict(model: Model, inputs: Sequence[str] | None, outputs: Sequence[str] | None) -> Model:
