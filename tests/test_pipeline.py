@@ -385,3 +385,30 @@ def test_a_pass_whose_constructor_breaks_is_named():
     with pytest.raises(PluginError) as info:
         Pipeline.parse("test_fragile", host=host)
     assert "test_fragile" in info.value.message and "fragile" in info.value.where
+
+
+def test_only_passes_that_edit_their_input_get_a_private_copy(model):
+    seen = []
+
+    class Watch(Pass):
+        """Records which GraphDef object it is given; edits nothing."""
+
+        name, description = "test_watch", "Record the GraphDef it is given."
+        edits_input = False
+
+        def run(self, model):
+            seen.append((self.name, model.graph_def))
+            return PassResult(model, modified=False)
+
+    class WatchEditing(Watch):
+        name = "test_watch_editing"
+        edits_input = True  # the default: third-party passes may edit in place
+
+    Pipeline([Watch(), WatchEditing(), "strip_debug_ops", Watch()], host=Host.create(plugins=False)).run(model)
+    (_, first), (_, editing), (_, last) = seen
+    assert first is model.graph_def  # nothing copied for a pass that does not edit its input
+    assert editing is not model.graph_def and editing == model.graph_def  # a private copy, same content
+    # strip_debug_ops copies what it changes itself: its result is a new graph, the input is untouched.
+    assert last is not model.graph_def and last != model.graph_def
+    assert any(n.op == "CheckNumerics" for n in model.graph_def.node)
+    assert not any(n.op == "CheckNumerics" for n in last.node)

@@ -121,6 +121,8 @@ class FoldAllBatchNorms(Pass):
         "merge_bias_adds": Option(bool, True, "turn Add/Sub of a per-channel constant after a producer into BiasAdd"),
     }
 
+    edits_input = False  # works on its own copy
+
     def run(self, model: Model) -> PassResult:
         model = model.copy()
         ed = GraphEditor(model.graph_def, model.protected_nodes)

@@ -79,9 +79,14 @@ class StripDebugOps(Pass):
                      choices=ALL_OPS),
     }
 
+    edits_input = False  # works on its own copy, made only when there is something to strip
+
     def run(self, model: Model) -> PassResult:
-        model = model.copy()
         wanted = set(self.config["op"])
+        if not any(n.op in wanted for n in model.graph_def.node):
+            return PassResult(model, modified=False, counters={"removed": 0, "skipped": 0, "pruned": 0,
+                                                               "control_edges_dropped": 0})
+        model = model.copy()
         ed = GraphEditor(model.graph_def, model.protected_nodes)
         frames = control_flow_context(model.graph_def)
         self._dtypes = _TensorTypes(model.graph_def)
@@ -205,10 +210,12 @@ class _TensorTypes:
         if self._graph is None and not self._failed:
             import tensorflow as tf
 
+            from graphopt.graph_check import skeleton
+
             graph = tf.Graph()
             try:
-                with graph.as_default():
-                    tf.graph_util.import_graph_def(self._graph_def, name="")
+                with graph.as_default():  # dtypes only: the skeleton spares importing the weights
+                    tf.graph_util.import_graph_def(skeleton(self._graph_def), name="")
                 self._graph = graph
             except Exception:  # an unimportable graph: decide from attributes, conservatively
                 self._failed = True
