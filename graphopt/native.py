@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from graphopt.errors import PassError, UsageError
+from graphopt.graph_bytes import serialize_graph_def
 from graphopt.graph_check import structural_problems
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model, node_name
@@ -214,10 +215,12 @@ def _restore_subgraph(original: Any, graph_def: Any, roots: list[str]) -> None:
         todo.extend(node_name(i) for i in by_name[name].input)
 
 
-def _same_graph_ignoring_order(a: Any, b: Any) -> bool:
+def _same_graph_ignoring_order(a: Any, b: Any, b_replaced: dict[int, Any] | None = None) -> bool:
+    """``a`` and ``b`` hold the same nodes (in any order); ``b_replaced`` overrides some of ``b``'s nodes by index."""
     if len(a.node) != len(b.node) or a.library != b.library or a.versions != b.versions:
         return False
-    nodes = {n.name: n for n in b.node}
+    b_replaced = b_replaced or {}
+    nodes = {n.name: b_replaced.get(i, n) for i, n in enumerate(b.node)}
     # Protobuf equality compares field by field in C++: no need to serialise either graph.
     return all(nodes.get(n.name) == n for n in a.node)
 
@@ -255,22 +258,34 @@ _NEEDS_DEFAULT_ATTRS = {"quantize_nodes", "fold_old_batch_norms", "fold_batch_no
                         "fuse_resize_and_conv", "fuse_resize_pad_and_conv", "flatten_atrous_conv"}
 
 
-def with_default_attrs(graph_def: Any) -> Any:
-    """``graph_def`` itself if no node lacks a registered attr default, else a copy with them filled in."""
+def default_attr_fills(graph_def: Any) -> dict[int, Any]:
+    """Copies of the nodes that lack a registered attr default, with it filled in, by node index.
+
+    Usually none or a few small nodes: the graph itself is never copied (100 MB on ResNet50).
+    """
     from tensorflow.python.framework import op_def_registry
 
-    missing: list[tuple[int, Any]] = []
+    fills: dict[int, Any] = {}
     for i, node in enumerate(graph_def.node):
         op_def = op_def_registry.get(node.op)
         for attr_def in op_def.attr if op_def is not None else []:
             if attr_def.HasField("default_value") and attr_def.name not in node.attr:
-                missing.append((i, attr_def))
-    if not missing:
+                if i not in fills:
+                    fills[i] = type(node)()
+                    fills[i].CopyFrom(node)
+                fills[i].attr[attr_def.name].CopyFrom(attr_def.default_value)
+    return fills
+
+
+def with_default_attrs(graph_def: Any) -> Any:
+    """``graph_def`` itself if no node lacks a registered attr default, else a copy with them filled in."""
+    fills = default_attr_fills(graph_def)
+    if not fills:
         return graph_def
     out = type(graph_def)()
     out.CopyFrom(graph_def)
-    for i, attr_def in missing:
-        out.node[i].attr[attr_def.name].CopyFrom(attr_def.default_value)
+    for i, node in fills.items():
+        out.node[i].CopyFrom(node)
     return out
 
 
@@ -355,13 +370,19 @@ class NativeTransform(Pass):
                             where=f"native {spec}", details=problems[1:6],
                             hint="GTT's native code would abort on it; fix the model or the pass that produced it")
         transform = _binding()
-        source = with_default_attrs(model.graph_def) if self.native_name in _NEEDS_DEFAULT_ATTRS else model.graph_def
+        fills = default_attr_fills(model.graph_def) if self.native_name in _NEEDS_DEFAULT_ATTRS else {}
+        # Memory: serialized node by node into one buffer (defaults filled in on copies of the few nodes that
+        # lack them), never via a copy of the graph nor SerializeToString's 2.5x peak; the input bytes are
+        # dropped before the output is parsed. GTT's own copies (parse, transform, serialize) are its own.
+        source_bytes = serialize_graph_def(model.graph_def, replace=fills)
         try:
-            out_bytes = transform(source.SerializeToString(), inputs, outputs, spec)
+            out_bytes = transform(source_bytes, inputs, outputs, spec)
         except Exception as exc:
             raise PassError(f"GTT transform failed: {str(exc).strip()}", where=f"native {spec}") from None
-        graph_def = type(model.graph_def)()
-        graph_def.ParseFromString(out_bytes)
+        finally:
+            del source_bytes
+        graph_def = type(model.graph_def).FromString(out_bytes)
+        del out_bytes
         # GTT copies the function library itself (transform_graph.cc), but transforms that rebuild the
         # GraphDef node by node drop `versions`; without it TF assumes producer 0 and may reject new ops.
         if model.graph_def.HasField("library") and not graph_def.HasField("library"):
@@ -378,7 +399,7 @@ class NativeTransform(Pass):
         else:
             # GTT re-emits nodes in a different order even when nothing changed (fold_constants does);
             # order carries no meaning, and counting it as a change would keep repeat groups spinning.
-            modified = not _same_graph_ignoring_order(graph_def, source)  # filled-in defaults are no change
+            modified = not _same_graph_ignoring_order(graph_def, model.graph_def, fills)  # filled defaults: no change
         # No counters: GTT reports nothing of its own, and node/op deltas are in every PassRecord.
         return PassResult(model.with_graph(graph_def), modified=modified)
 

@@ -358,3 +358,27 @@ def test_shipped_remap_config_rebuilds_the_fusions_the_portable_graph_leaves_spl
     for setting in ("0", "1"):  # and it runs on servers with oneDNN off and on
         got = _run_in_fresh_process(out, feeds, setting, mode)["output"]
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["/device:CPU:0", ""])
+def test_meta_graph_bytes_are_the_meta_graph_written_node_by_node(mobilenet, device):
+    # Written node by node into one buffer (no second in-memory graph): TensorFlow must parse
+    # exactly the MetaGraphDef build_meta_graph makes, devices set, signature and fetches included.
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from graphopt.graph_bytes import serialize_graph_def
+    from graphopt.passes.grappler import meta_graph_bytes, same_graph, write_meta_graph
+
+    model = mobilenet[0]
+    expected = build_meta_graph(model, device)
+    assert meta_graph_pb2.MetaGraphDef.FromString(bytes(meta_graph_bytes(model, device))) == expected
+    assert not device or all(n.device != device for n in model.graph_def.node)  # the input is left as it was
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as f:
+        write_meta_graph(model, device, f.name)
+        assert meta_graph_pb2.MetaGraphDef.FromString(open(f.name, "rb").read()) == expected
+    parsed = type(model.graph_def).FromString(bytes(serialize_graph_def(model.graph_def)))
+    assert parsed == model.graph_def and same_graph(parsed, model.graph_def)
+    del parsed.node[-1]
+    assert not same_graph(parsed, model.graph_def)

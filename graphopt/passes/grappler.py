@@ -22,15 +22,18 @@ optimized in a child process whose crash becomes a :class:`PassError`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from graphopt.errors import PassError
+from graphopt.graph_bytes import graph_def_chunks, join, length_delimited
 from graphopt.graph_edit import unused_name
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
@@ -67,20 +70,59 @@ def check_preconditions(model: Model) -> list[str]:
     return problems
 
 
-def build_meta_graph(model: Model, device: str) -> Any:
-    """A MetaGraphDef Grappler reads feeds and fetches from: the signature, plus init ops as fetches."""
+def _meta_graph_shell(model: Model) -> Any:
+    """The MetaGraphDef Grappler reads feeds and fetches from, without its graph: signature, init ops as fetches."""
     from tensorflow.core.protobuf import meta_graph_pb2
 
     meta = meta_graph_pb2.MetaGraphDef()
-    meta.graph_def.CopyFrom(model.graph_def)
-    if device:
-        for node in meta.graph_def.node:
-            node.device = device
     meta.signature_def[model.signature.key].CopyFrom(model.signature.to_proto())
     # Fetch nodes are never pruned nor renamed; init ops must survive although no output needs them.
     fetch = dict.fromkeys(model.signature.output_nodes + [node_name(n) for n in model.init_ops])
     meta.collection_def["train_op"].node_list.value.extend(fetch)
     return meta
+
+
+def build_meta_graph(model: Model, device: str) -> Any:
+    """A MetaGraphDef Grappler reads feeds and fetches from: the signature, plus init ops as fetches.
+
+    Holds a copy of the graph; :func:`meta_graph_bytes` / :func:`write_meta_graph` give its
+    serialization without one.
+    """
+    meta = _meta_graph_shell(model)
+    meta.graph_def.CopyFrom(model.graph_def)
+    if device:
+        for node in meta.graph_def.node:
+            node.device = device
+    return meta
+
+
+_GRAPH_DEF_FIELD = 2  # MetaGraphDef.graph_def
+
+
+def _meta_graph_chunks(model: Model, device: str) -> tuple[int, Iterator[bytes]]:
+    """Size and pieces of the serialized ``build_meta_graph(model, device)``, one node at a time.
+
+    The graph_def field (tag, length, then the GraphDef written node by node with ``device`` set,
+    see :mod:`graphopt.graph_bytes`) followed by the rest of the MetaGraphDef: TensorFlow parses
+    exactly the message ``build_meta_graph`` builds, but no second copy of the graph is held.
+    """
+    graph_size, graph_chunks = graph_def_chunks(model.graph_def, device=device)
+    head = length_delimited(_GRAPH_DEF_FIELD, graph_size)
+    rest = _meta_graph_shell(model).SerializeToString()
+    return len(head) + graph_size + len(rest), itertools.chain([head], graph_chunks, [rest])
+
+
+def meta_graph_bytes(model: Model, device: str) -> bytearray:
+    """``build_meta_graph(model, device).SerializeToString()``, built in one buffer of its final size."""
+    return join(*_meta_graph_chunks(model, device))
+
+
+def write_meta_graph(model: Model, device: str, path: str) -> None:
+    """Write ``build_meta_graph(model, device)`` serialized to ``path``, one node at a time."""
+    _, chunks = _meta_graph_chunks(model, device)
+    with open(path, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 def grappler_config(optimizers: list[str] | None = None) -> Any:
@@ -95,13 +137,29 @@ def grappler_config(optimizers: list[str] | None = None) -> Any:
     return config
 
 
-def _optimize_here(config_bytes: bytes, meta_bytes: bytes) -> bytes:
-    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
-    from tensorflow.python.grappler import tf_optimizer
+def _optimize_here(config_bytes: bytes, meta_bytes: bytes | bytearray) -> bytes:
+    """The optimized GraphDef, serialized, from Grappler in this process.
 
-    config = config_pb2.ConfigProto.FromString(config_bytes)
-    meta = meta_graph_pb2.MetaGraphDef.FromString(meta_bytes)
-    return tf_optimizer.OptimizeGraph(config, meta, verbose=False).SerializeToString()
+    Calls the binding ``tf_optimizer.OptimizeGraph`` wraps, which takes and returns serialized
+    protos: the wrapper would parse our bytes into a MetaGraphDef only to serialize it again and
+    parse its result, three more copies of the graph (~+400 MB on a 100 MB graph).
+    """
+    from tensorflow.python.grappler import _pywrap_tf_optimizer, cluster, tf_optimizer
+
+    optimize = getattr(_pywrap_tf_optimizer, "TF_OptimizeGraphSerialized", None)
+    if optimize is None:  # pragma: no cover - a TF build without the serialized entry point
+        from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+
+        meta = meta_graph_pb2.MetaGraphDef.FromString(bytes(meta_bytes))
+        return tf_optimizer.OptimizeGraph(config_pb2.ConfigProto.FromString(config_bytes), meta,
+                                          verbose=False).SerializeToString()
+    # As OptimizeGraph does: Grappler assumes one cluster alive at a time, and the cluster is shut down at once.
+    with tf_optimizer._OPTIMIZE_GRAPH_CLUSTER_LOCK:
+        machine = cluster.Cluster()
+        try:
+            return optimize(machine.tf_cluster, config_bytes, meta_bytes, False, b"graph_to_optimize", False)
+        finally:
+            machine.Shutdown()
 
 
 def onednn_enabled() -> bool:
@@ -111,12 +169,22 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-def _optimize_in_child(config_bytes: bytes, meta_bytes: bytes, timeout: float, onednn: bool | None = None) -> bytes:
+def _optimize_in_child(config_bytes: bytes, meta: bytes | bytearray | Callable[[str], None], timeout: float,
+                       onednn: bool | None = None) -> bytes:
+    """The optimized GraphDef, serialized, from Grappler in a child process.
+
+    ``meta`` is the serialized MetaGraphDef or a function writing it to a path (:func:`write_meta_graph`),
+    so this process never holds the bytes while the child holds its own copies.
+    """
     with tempfile.TemporaryDirectory(prefix="graphopt-grappler-") as tmp:
         paths = [os.path.join(tmp, n) for n in ("config.pb", "meta.pb", "out.pb")]
-        for path, data in zip(paths, (config_bytes, meta_bytes)):
-            with open(path, "wb") as f:
-                f.write(data)
+        with open(paths[0], "wb") as f:
+            f.write(config_bytes)
+        if callable(meta):
+            meta(paths[1])
+        else:
+            with open(paths[1], "wb") as f:
+                f.write(meta)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
         if onednn is not None:
             env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
@@ -268,6 +336,18 @@ def tidy_folded_names(graph_def: Any, protected: set[str]) -> int:
     return len(renames)
 
 
+def same_graph(a: Any, b: Any) -> bool:
+    """``a == b`` for two GraphDefs, compared node by node.
+
+    Equal node counts first, then one node at a time: ``ByteSize()`` or ``==`` of a whole 100 MB
+    graph encodes it in upb (measured +200 MB peak for the two ByteSize calls on ResNet50).
+    """
+    if len(a.node) != len(b.node):
+        return False
+    rest = [[(fd.name, value) for fd, value in g.ListFields() if fd.name != "node"] for g in (a, b)]
+    return rest[0] == rest[1] and all(x == y for x, y in zip(a.node, b.node))
+
+
 class GrapplerOptimize(Pass):
     """Run Grappler offline for one device, keeping signature names, so serving can skip runtime Grappler."""
 
@@ -294,10 +374,7 @@ class GrapplerOptimize(Pass):
             raise PassError("Grappler cannot run on this graph: " + problems[0], details=problems[1:5],
                             hint="give every placeholder a dtype and name existing signature tensors")
         device = self.config["device"]
-        # Serialized once and the MetaGraphDef dropped: on a 100 MB graph every whole-graph copy alive at
-        # once is 100 MB of peak memory (optimize's peak is reached in this pass).
-        meta_bytes = build_meta_graph(model, device).SerializeToString()
-        config = grappler_config(self.config["optimizers"])
+        config_bytes = grappler_config(self.config["optimizers"]).SerializeToString()
         isolate = self.config["isolate"]
         # With oneDNN on, the remapper emits fusions ([BiasAdd, Add], ...) only oneDNN kernels implement: a graph
         # pre-optimized that way fails on a server with oneDNN off ("Fusion is not implemented"). oneDNN is chosen
@@ -314,12 +391,23 @@ class GrapplerOptimize(Pass):
                             hint="drop isolate=never, or use onednn=current")
         # Function bodies can hold feeds and shapes checked only inside Grappler: keep its crashes out of ours.
         in_child = switch or isolate == "always" or (isolate == "auto" and len(model.graph_def.library.function) > 0)
+
+        # Memory (optimize's peak is reached in this pass): the MetaGraphDef is serialized node by node, straight
+        # into one buffer (or the child's input file), never as a second in-memory graph; the input bytes are
+        # dropped before the output is parsed. Grappler's own copies (~13x the graph here) are TensorFlow's.
+        def write_meta(path: str) -> None:
+            write_meta_graph(model, device, path)
+
         try:
             if in_child:
-                out_bytes = _optimize_in_child(config.SerializeToString(), meta_bytes,
-                                               self.config["timeout"], onednn if switch else None)
+                out_bytes = _optimize_in_child(config_bytes, write_meta, self.config["timeout"],
+                                               onednn if switch else None)
             else:
-                out_bytes = _optimize_here(config.SerializeToString(), meta_bytes)
+                meta_bytes = meta_graph_bytes(model, device)
+                try:
+                    out_bytes = _optimize_here(config_bytes, meta_bytes)
+                finally:
+                    del meta_bytes
         except PassError:
             raise
         except Exception as exc:  # a TF status error: name it, never let it escape raw
@@ -335,10 +423,10 @@ class GrapplerOptimize(Pass):
                 raise PassError(f"oneDNN-only kernels left (e.g. '{left[0]}') and isolate=never forbids the "
                                 "oneDNN-off child that would avoid them", hint="use onednn=current or drop isolate")
             if left:
-                out_bytes = _optimize_in_child(config.SerializeToString(), meta_bytes, self.config["timeout"], False)
+                del graph_def
+                out_bytes = _optimize_in_child(config_bytes, write_meta, self.config["timeout"], False)
                 graph_def, split, in_child = type(model.graph_def).FromString(out_bytes), 0, True
                 del out_bytes
-        del meta_bytes
         if not graph_def.HasField("versions") and model.graph_def.HasField("versions"):
             graph_def.versions.CopyFrom(model.graph_def.versions)
         tidied = tidy_folded_names(graph_def, model.protected_nodes)
@@ -358,8 +446,7 @@ class GrapplerOptimize(Pass):
         counters = {"nodes_before": len(model.graph_def.node), "nodes_after": len(graph_def.node),
                     "fused_ops": fused, "isolated": int(in_child), "onednn_fusions_split": split,
                     "names_tidied": tidied}
-        # Sizes differ almost always; only equal sizes pay for a full comparison (no serialized copies).
-        modified = graph_def.ByteSize() != model.graph_def.ByteSize() or graph_def != model.graph_def
+        modified = not same_graph(graph_def, model.graph_def)
         notes = []
         if model.metadata.get("weight_storage"):
             notes.append(f"weights stored as {model.metadata['weight_storage']} were folded back to float32: "
@@ -386,6 +473,7 @@ def _child_main(argv: list[str]) -> int:
     with open(meta_path, "rb") as f:
         meta_bytes = f.read()
     out = _optimize_here(config_bytes, meta_bytes)
+    del meta_bytes
     with open(out_path, "wb") as f:
         f.write(out)
     return 0
