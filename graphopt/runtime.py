@@ -15,6 +15,38 @@ from graphopt.errors import InputError
 from graphopt.model import Model, Signature
 
 
+def add_default_attrs(graph_def: Any) -> list[tuple[Any, str, bool]]:
+    """Fill every node's missing attrs that have an op default, in place (unknown ops, e.g. functions, skipped).
+
+    What ``tf.import_graph_def`` does to the GraphDef it is given: callers of :class:`Session` and the
+    SavedModel writer have always seen their model's defaults filled. Returns ``(node, attr, existed)``
+    for each attr filled (``existed``: an entry without a value was there), so it can be undone.
+    """
+    from tensorflow.python.framework import op_def_registry
+
+    added = []
+    for node in graph_def.node:
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:
+            continue
+        for attr_def in op_def.attr:
+            if not attr_def.HasField("default_value"):
+                continue
+            existed = attr_def.name in node.attr
+            if not existed or node.attr[attr_def.name].WhichOneof("value") is None:
+                node.attr[attr_def.name].CopyFrom(attr_def.default_value)
+                added.append((node, attr_def.name, existed))
+    return added
+
+
+def _undo_default_attrs(added: list[tuple[Any, str, bool]]) -> None:
+    for node, name, existed in added:
+        if existed:
+            node.attr[name].Clear()
+        else:
+            del node.attr[name]
+
+
 def session_config(*, grappler: bool = True, intra_op: int = 0, inter_op: int = 0):
     """A ``ConfigProto``; ``grappler=False`` turns runtime graph optimisation off (pre-optimized graphs)."""
     import tensorflow as tf
@@ -28,13 +60,18 @@ def session_config(*, grappler: bool = True, intra_op: int = 0, inter_op: int = 
 class Session:
     """A TF session over one model: ``Session(model).run({"input": array})`` -> ``{"output": array}``."""
 
-    def __init__(self, model: Model, *, config: Any = None) -> None:
+    def __init__(self, model: Model, *, config: Any = None, add_defaults: bool = True) -> None:
+        """``add_defaults=False`` leaves ``model.graph_def`` as it was (importing fills its default attrs)."""
         import tensorflow as tf
 
         self.model = model
         self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.graph_util.import_graph_def(model.graph_def, name="")
+        added = [] if add_defaults else add_default_attrs(model.graph_def)
+        try:
+            with self.graph.as_default():
+                tf.graph_util.import_graph_def(model.graph_def, name="")
+        finally:
+            _undo_default_attrs(added)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         if model.init_ops:
             self.session.run([self.graph.get_operation_by_name(n.split(":")[0]) for n in model.init_ops])

@@ -26,6 +26,7 @@ be near zero does not turn a 1e-7 wobble into an "error" of 100%.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -402,6 +403,86 @@ def _has_nms(model: Model) -> bool:
     return any(n.op in _NMS_OPS for n in _producers(model.graph_def).values())
 
 
+def verification_config() -> Any:
+    """The session config verification runs both models with (when no ``config`` is given).
+
+    The graphs run as written: no Grappler rewrites (``disable_meta_optimizer``), no classic
+    graph optimizer (constant folding / CSE, ``opt_level L0``), and the session keeps the pruned
+    GraphDef rather than a second, full Graph (``place_pruned_graph``). Those rewrites do not
+    change what a graph computes beyond float reordering -- which the tolerance is for -- but on
+    a 100 MB graph Grappler alone costs ~700 MB and the classic optimizer ~130 MB more while the
+    session is made. Pass a ``config`` (e.g. ``runtime.session_config()``) for TF's defaults.
+    """
+    from graphopt.runtime import session_config
+
+    config = session_config(grappler=False)
+    config.graph_options.optimizer_options.opt_level = -1  # L0
+    config.graph_options.place_pruned_graph = True
+    return config
+
+
+@dataclass
+class Reference:
+    """The original model's side of a verification: the inputs, its outputs and what comparing needs.
+
+    Small (arrays the size of one batch): computing it first lets a caller drop the original
+    model before the optimized one runs (``graphopt optimize`` does, before its pipeline).
+    """
+
+    signature: Signature
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    input_source: str
+    detection: bool  # the original graph runs non-max suppression
+
+
+def _scan(model: Model, which: str, allow_unsafe: bool | Iterable[str]) -> None:
+    from graphopt.safety import ensure_safe
+
+    ensure_safe(model.graph_def, allow=allow_unsafe, action=f"run the {which} model for verification",
+                source=model.source)
+
+
+def _inputs(original: Model, samples: str | Path | Mapping[str, np.ndarray] | None, seed: int, batch: int,
+            dynamic: int) -> tuple[dict[str, np.ndarray], str]:
+    sig = original.signature
+    if samples is None:
+        feeds = make_inputs(original, batch=batch, dynamic=dynamic, seed=seed)
+        source = f"random (seed {seed}, batch {batch}, unknown dims {dynamic})"
+        if any(s.dtype == "string" for s in sig.inputs.values()):
+            source += "; strings from the lookup tables' keys" if table_vocabulary(original) else "; random strings"
+    elif isinstance(samples, (str, Path)):
+        feeds = load_samples(samples, sig)
+        source = f"samples from {samples}"
+    else:
+        feeds = {k: np.asarray(v) for k, v in samples.items()}
+        source = "given samples"
+    return feeds, source
+
+
+def _run_original(original: Model, feeds: dict[str, np.ndarray], source: str, config: Any) -> Reference:
+    from graphopt.runtime import Session
+
+    # The original's GraphDef is left as it was (importing fills default attrs in place): a pipeline may
+    # still run on it, and its records (sizes) must not see a graph verification touched.
+    outputs = _run(partial(Session, add_defaults=False), original, feeds, config, "original")
+    memory.release()  # the original's session is closed: give its graph and buffers back before anything else
+    return Reference(original.signature, feeds, outputs, source, _has_nms(original))
+
+
+def reference_outputs(original: Model, *, samples: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
+                      batch: int = 1, dynamic: int = DEFAULT_DYNAMIC, config: Any = None,
+                      allow_unsafe: bool | Iterable[str] = False) -> Reference:
+    """Run the original model once on the verification inputs (see :func:`verify`) and keep what comparing needs.
+
+    Give the result to :func:`verify_result` / :func:`compare` instead of the model. The graph
+    is scanned first (:mod:`graphopt.safety`), as :func:`verify` does.
+    """
+    _scan(original, "original", allow_unsafe)
+    feeds, source = _inputs(original, samples, seed, batch, dynamic)
+    return _run_original(original, feeds, source, config)
+
+
 def verify(original: Model, optimized: Model, *, samples: str | Path | Mapping[str, np.ndarray] | None = None,
            tolerance: Tolerance | float | None = None, lossy_tolerance: Tolerance | float | None = None,
            seed: int = 0, batch: int = 1, dynamic: int = DEFAULT_DYNAMIC, config: Any = None,
@@ -415,39 +496,47 @@ def verify(original: Model, optimized: Model, *, samples: str | Path | Mapping[s
     Never raises on a mismatch: call :meth:`VerificationReport.check` for that.
     Both graphs are scanned first (:mod:`graphopt.safety`): running them executes
     their ops, so file/Python/network ops are refused unless ``allow_unsafe``.
+    The models run one after the other, each session closed and released before
+    the next, with :func:`verification_config` unless ``config`` is given.
     """
-    from graphopt.runtime import Session
-    from graphopt.safety import ensure_safe
+    _scan(original, "original", allow_unsafe)
+    _scan(optimized, "optimized", allow_unsafe)
+    tol = _tolerance(tolerance, lossy_tolerance)
+    feeds, source = _inputs(original, samples, seed, batch, dynamic)
+    _check_inputs_kept(original.signature, optimized)
+    ref = _run_original(original, feeds, source, config)
+    return _compare(ref, optimized, tol, config)
 
-    for which, m in (("original", original), ("optimized", optimized)):
-        ensure_safe(m.graph_def, allow=allow_unsafe, action=f"run the {which} model for verification",
-                    source=m.source)
 
-    tol = as_tolerance(tolerance) or as_tolerance(lossy_tolerance, source="lossy passes") or Tolerance()
-    sig = original.signature
-    if samples is None:
-        feeds = make_inputs(original, batch=batch, dynamic=dynamic, seed=seed)
-        source = f"random (seed {seed}, batch {batch}, unknown dims {dynamic})"
-        if any(s.dtype == "string" for s in sig.inputs.values()):
-            source += "; strings from the lookup tables' keys" if table_vocabulary(original) else "; random strings"
-    elif isinstance(samples, (str, Path)):
-        feeds = load_samples(samples, sig)
-        source = f"samples from {samples}"
-    else:
-        feeds = {k: np.asarray(v) for k, v in samples.items()}
-        source = "given samples"
+def compare(ref: Reference, optimized: Model, *, tolerance: Tolerance | float | None = None,
+            lossy_tolerance: Tolerance | float | None = None, config: Any = None,
+            allow_unsafe: bool | Iterable[str] = False) -> VerificationReport:
+    """Run ``optimized`` on the inputs of ``ref`` (from :func:`reference_outputs`) and compare, as :func:`verify`."""
+    _scan(optimized, "optimized", allow_unsafe)
+    tol = _tolerance(tolerance, lossy_tolerance)
+    _check_inputs_kept(ref.signature, optimized)
+    return _compare(ref, optimized, tol, config)
 
-    missing_out = [k for k in sig.outputs if k not in optimized.signature.outputs]
+
+def _tolerance(tolerance: Tolerance | float | None, lossy_tolerance: Tolerance | float | None) -> Tolerance:
+    return as_tolerance(tolerance) or as_tolerance(lossy_tolerance, source="lossy passes") or Tolerance()
+
+
+def _check_inputs_kept(sig: Signature, optimized: Model) -> None:
     missing_in = [k for k in sig.inputs if k not in optimized.signature.inputs]
     if missing_in:
         raise VerificationError("the optimized model lost signature inputs", where="verification",
                                 details=[f"missing: {', '.join(missing_in)}"])
-    a_out = _run(Session, original, feeds, config, "original")
-    memory.release()  # the original's session is closed: give its graph and buffers back before the second one
-    b_out = _run(Session, optimized, {k: v for k, v in feeds.items() if k in optimized.signature.inputs}, config,
-                 "optimized")
+
+
+def _compare(ref: Reference, optimized: Model, tol: Tolerance, config: Any) -> VerificationReport:
+    from graphopt.runtime import Session
+
+    sig, a_out = ref.signature, ref.outputs
+    missing_out = [k for k in sig.outputs if k not in optimized.signature.outputs]
+    b_out = _run(Session, optimized, {k: v for k, v in ref.feeds.items() if k in optimized.signature.inputs},
+                 config, "optimized")
     memory.release()
-    detection = _has_nms(original)
     diffs: list[OutputDiff] = []
     for key in sig.outputs:
         if key in missing_out:
@@ -455,17 +544,18 @@ def verify(original: Model, optimized: Model, *, samples: str | Path | Mapping[s
                                     optimized_dtype="-", optimized_shape=[], passed=False,
                                     problem="missing from the optimized model's signature"))
             continue
-        diffs.append(compare_output(key, a_out[key], b_out[key], tol, detection=detection))
+        diffs.append(compare_output(key, a_out[key], b_out[key], tol, detection=ref.detection))
     notes = []
-    if detection:
+    if ref.detection:
         notes.append("the graph runs non-max suppression: outputs after it can legitimately reorder or change "
                      "length when scores tie")
-    return VerificationReport(diffs, tol, _describe_inputs(feeds), source, notes, detection=detection)
+    return VerificationReport(diffs, tol, _describe_inputs(ref.feeds), ref.input_source, notes,
+                              detection=ref.detection)
 
 
 def _run(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config: Any, which: str):
     try:
-        with session_cls(model, config=config) as sess:
+        with session_cls(model, config=verification_config() if config is None else config) as sess:
             return sess.run(feeds)
     except GraphoptError:
         raise
@@ -478,7 +568,7 @@ def _run(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config
                    hint="give real inputs with --sample FILE.npz, or skip verification with --no-verify") from None
 
 
-def verify_result(original: Model, result: "PipelineResult", *, sample: str | Path | None = None,
+def verify_result(original: "Model | Reference", result: "PipelineResult", *, sample: str | Path | None = None,
                   tolerance: float | None = None, seed: int = 0, batch: int = 1, dynamic: int = DEFAULT_DYNAMIC,
                   check: bool = True, allow_unsafe: bool | Iterable[str] = False) -> VerificationReport:
     """What ``graphopt optimize`` calls after the pipeline and before writing anything.
@@ -486,8 +576,15 @@ def verify_result(original: Model, result: "PipelineResult", *, sample: str | Pa
     Uses the pipeline's own tolerance when it was lossy (:func:`tolerance_for`),
     a user's ``--tolerance`` when given, and ``--sample`` inputs when given.
     With ``check`` a failure raises :class:`VerificationError` (exit code 5).
+    ``original`` may be the original model's :class:`Reference` (from
+    :func:`reference_outputs`, computed before the pipeline ran); its inputs were
+    fixed then, so ``sample``/``seed``/``batch``/``dynamic`` are not used again.
     """
-    report = verify(original, result.model, samples=sample, tolerance=tolerance,
-                    lossy_tolerance=tolerance_for(result), seed=seed, batch=batch, dynamic=dynamic,
-                    allow_unsafe=allow_unsafe)
+    lossy = tolerance_for(result)
+    if isinstance(original, Reference):
+        report = compare(original, result.model, tolerance=tolerance, lossy_tolerance=lossy,
+                         allow_unsafe=allow_unsafe)
+    else:
+        report = verify(original, result.model, samples=sample, tolerance=tolerance, lossy_tolerance=lossy,
+                        seed=seed, batch=batch, dynamic=dynamic, allow_unsafe=allow_unsafe)
     return report.check() if check else report

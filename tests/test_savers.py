@@ -141,3 +141,56 @@ def test_write_saved_model_is_reusable(lookup_model, tmp_path):
     out = write_saved_model(model, tmp_path / "base" / "1")
     again = load(out)
     np.testing.assert_allclose(run_model(again, {"words": words})["output_0"], expected, rtol=1e-5, atol=1e-6)
+
+
+def _big_weights_model():
+    """x[?, 64] -> relu(x @ W + b) -> y, with W (16 KB) above the size the writer leaves out of the Builder's graph,
+    plus a table initialiser (main op) so every part of the MetaGraphDef is there."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+
+    def build(x):
+        w = tf.constant(rng.normal(size=(64, 64)).astype(np.float32), name="w")
+        b = tf.constant(rng.normal(size=(64,)).astype(np.float32), name="b")
+        tf.raw_ops.HashTableV2(key_dtype=tf.string, value_dtype=tf.int64, shared_name="", name="table")
+        return {"y": tf.nn.relu(tf.matmul(x, w) + b, name="y")}
+
+    model = models.graph_model(build, {"x": (tf.float32, [None, 64])})
+    with tf.Graph().as_default() as g:  # an init op the writer must group into the main op
+        tf.graph_util.import_graph_def(model.graph_def, name="")
+        table = g.get_tensor_by_name("table:0")
+        tf.raw_ops.InitializeTableV2(table_handle=table, keys=tf.constant(["a"]), values=tf.constant([1], tf.int64),
+                                     name="init_table")
+        model = model.with_graph(g.as_graph_def()).replace(init_ops=["init_table"])
+    return model
+
+
+def test_big_constants_stream_into_saved_model_and_pb(tmp_path):
+    """The SavedModel is written from a skeleton graph and the big constants put back while streaming: the file
+    holds every value, parses as one SavedModel, and both TF loaders run it like the model."""
+    import tensorflow as tf
+
+    model = _big_weights_model()
+    out = save(model, tmp_path / "sm")
+    proto = read_saved_model(out)
+    meta = proto.meta_graphs[0]
+    saved = {n.name: n for n in meta.graph_def.node}
+    for node in model.graph_def.node:
+        if node.op == "Const":
+            assert saved[node.name].attr["value"] == node.attr["value"], node.name
+    assert saved["w"].attr["value"].tensor.ByteSize() > 16000
+    assert "_output_shapes" in saved["y"].attr  # what the Builder's export adds, kept
+    assert list(meta.collection_def["saved_model_main_op"].node_list.value) == ["graphopt_main_op"]
+    assert list(meta.meta_info_def.tags) == ["serve"]
+    x = np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32)
+    want = run_model(model, {"x": x})["y"]
+    loaded = tf.saved_model.load(str(out), tags=["serve"])
+    np.testing.assert_allclose(loaded.signatures["serving_default"](x=tf.constant(x))["y"].numpy(), want, rtol=1e-6)
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(out)).signature_def["serving_default"]
+        np.testing.assert_allclose(sess.run(sig.outputs["y"].name, {sig.inputs["x"].name: x}), want, rtol=1e-6)
+    # the frozen .pb is streamed node by node too: it parses back to the same GraphDef
+    pb = save(model, tmp_path / "m.pb")
+    assert type(model.graph_def).FromString(pb.read_bytes()) == model.graph_def

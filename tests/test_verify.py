@@ -9,8 +9,8 @@ from graphopt.errors import ExitCode, InputError, VerificationError
 from graphopt.model import Model, Signature, TensorSpec
 from graphopt.passes.base import Pass, PassResult, function_pass
 from graphopt.pipeline import Pipeline
-from graphopt.verify import (Tolerance, compare_output, load_samples, make_inputs, table_vocabulary, tolerance_for,
-                             verify, verify_result)
+from graphopt.verify import (Reference, Tolerance, compare_output, load_samples, make_inputs, reference_outputs,
+                             table_vocabulary, tolerance_for, verify, verify_result)
 
 
 def _dense_model() -> Model:
@@ -302,3 +302,23 @@ def test_vocabulary_of_a_mutable_table_import():
     from graphopt.runtime import run_model
 
     assert (run_model(model, make_inputs(model, batch=8))["ids"] > 0).all()
+
+
+def test_reference_first_then_result_matches_verify(dense):
+    """optimize runs the original before its pipeline: reference_outputs + verify_result give verify's report,
+    and the original's GraphDef is left exactly as it was (importing would fill its default attrs)."""
+    from graphopt.pipeline import PipelineResult
+
+    original = dense.copy()
+    for node in original.graph_def.node:  # defaults missing, as a stripped graph has them
+        if node.op == "MatMul":
+            del node.attr["transpose_a"]
+    before = original.graph_def.SerializeToString(deterministic=True)
+    ref = reference_outputs(original, batch=3)
+    assert isinstance(ref, Reference) and original.graph_def.SerializeToString(deterministic=True) == before
+    assert ref.outputs["y"].shape == (3, 4) and ref.feeds["x"].shape == (3, 8)
+    changed = _perturb(dense, "b", 1.0)
+    report = verify_result(ref, PipelineResult(changed, [], 0.0, "test"), check=False)
+    again = verify(dense, changed, batch=3)
+    assert not report.passed and report.lines() == again.lines()
+    assert verify_result(ref, PipelineResult(dense.copy(), [], 0.0, "test")).passed

@@ -2,7 +2,8 @@
 
 The command only wires things together: loading is :func:`graphopt.loaders.load`,
 the pipeline :class:`graphopt.pipeline.Pipeline`, verification
-:func:`graphopt.verify.verify_result`, saving :func:`graphopt.savers.save` or
+:func:`graphopt.verify.reference_outputs` (the original, run before the pipeline)
+and :func:`graphopt.verify.verify_result` (the result, after it), saving :func:`graphopt.savers.save` or
 :func:`graphopt.serving.export.export_versioned`. Nothing is written until the
 pipeline ran and the result was verified.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from graphopt import memory
 from graphopt.errors import OutputError, UsageError
 
 HELP = "load a model, run transforms and passes on it, and save it for TF Serving"
@@ -93,14 +95,24 @@ def run(args, ctx) -> int:
             refuse_input_overlap(model, Path(other))
     ctx.err.print(f"loaded {args.src} ({model.format}): {model.node_count} nodes, {model.size_bytes:,} bytes",
                   highlight=False, markup=False, soft_wrap=True)
+    reference = None
+    if not args.no_verify:
+        from graphopt.verify import reference_outputs
+
+        # The original runs now, before the pipeline: its outputs (one batch) are all verification needs
+        # of it, so the original and optimized graphs never run, or need holding, at the same time.
+        reference = reference_outputs(model, samples=args.sample, allow_unsafe=_allow(args.allow_unsafe_ops))
     result = pipeline.run(model, keep_going=args.keep_going)
+    del model  # nothing below reads the original: its graph is garbage unless the pipeline kept it unchanged
+    memory.release()
     render_report(ctx.console, result)
     verification = None
-    if not args.no_verify:
+    if reference is not None:
         from graphopt.verify import verify_result
 
-        verification = verify_result(model, result, sample=args.sample, tolerance=args.tolerance, check=False,
+        verification = verify_result(reference, result, tolerance=args.tolerance, check=False,
                                      allow_unsafe=_allow(args.allow_unsafe_ops))
+        del reference
         for i, line in enumerate(verification.lines()):
             style = ("green" if verification.passed else "bold red") if i == 0 else None
             ctx.console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
