@@ -277,6 +277,14 @@ def default_attr_fills(graph_def: Any) -> dict[int, Any]:
     return fills
 
 
+# Transforms that never read the values of weights feeding Conv2D/MatMul/... (graphopt.stand_ins): they
+# run on a graph with stand-ins for them. The folds and quantizations read or rewrite weights; rename_op
+# could rename the stand-ins' Placeholder op.
+WEIGHT_BLIND = {"strip_unused_nodes", "remove_attribute", "remove_nodes", "merge_duplicate_nodes", "fold_constants",
+                "sort_by_execution_order", "remove_device", "set_device", "add_default_attributes",
+                "remove_control_dependencies", "rename_attribute"}
+
+
 def with_default_attrs(graph_def: Any) -> Any:
     """``graph_def`` itself if no node lacks a registered attr default, else a copy with them filled in."""
     fills = default_attr_fills(graph_def)
@@ -319,6 +327,7 @@ class NativeTransform(Pass):
     """Base of the generated classes, one per GTT transform."""
 
     native_name: str = ""
+    edits_input = False  # GTT works on a serialized copy
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -341,6 +350,19 @@ class NativeTransform(Pass):
         return args
 
     def run(self, model: Model) -> PassResult:
+        if self.native_name not in WEIGHT_BLIND:
+            return self._run(model)
+        from graphopt import stand_ins
+
+        # GTT copies the graph 5-12 times; without the weights it never reads, those copies are small.
+        light, weights = stand_ins.strip(model.graph_def, model.protected_nodes)
+        if not weights:
+            return self._run(model)
+        result = self._run(model.with_graph(light))
+        stand_ins.restore(result.model.graph_def, weights)
+        return result
+
+    def _run(self, model: Model) -> PassResult:
         args = self.gtt_args()
         auto_inputs = self.native_name == "strip_unused_nodes" and bool(_strip_unused_args(model, self.config))
         if auto_inputs:
@@ -356,6 +378,11 @@ class NativeTransform(Pass):
         spec = gtt_step(self.native_name, args)
         sig = model.signature
         inputs = ",".join(sig.input_nodes)
+        if self.native_name == "fold_constants":
+            # TF's constant folding evaluates any Placeholder it is not told is an input: name the stand-ins.
+            from graphopt.stand_ins import ATTR
+
+            inputs = ",".join([*sig.input_nodes, *(n.name for n in model.graph_def.node if ATTR in n.attr)])
         # Init ops are outputs too: strip_unused_nodes and the like drop whatever outputs do not reach.
         # fold_constants cannot take them (it fetches its outputs, and a table initialiser's NoOp
         # produces nothing to fetch): it runs without them, and their subgraph is put back after.

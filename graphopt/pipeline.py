@@ -397,7 +397,7 @@ class Pipeline:
         try:
             # A pass that may edit its input gets its own copy, so rolling back is keeping `model`; the
             # others (native transforms, passes that copy what they change) skip it: 100 MB on ResNet50.
-            private = pass_.edits_input and not isinstance(pass_, NativeTransform) or self._has_run_pass_wrappers()
+            private = pass_.edits_input or self._has_run_pass_wrappers()
             given = model.copy() if private else model
             result = hook.graphopt_run_pass(pass_=pass_, model=given, context=ctx)
             if not isinstance(result, PassResult):

@@ -149,6 +149,12 @@ class FoldAllBatchNorms(Pass):
                  and ed.node(name).op in FUSED_BN_OPS + ("Mul",)]
         counters["skipped"] = len(notes)
         modified = any(counters[k] for k in ("folded", "converted", "bias_merged", "precomputed", "pruned"))
+        if modified:
+            # The folded kernels are new bytes in the copy's protobuf arena, and the kernels they replace are
+            # still there (an arena frees only as a whole): 2x the weights. A fresh copy holds what is live.
+            compact = type(model.graph_def)()
+            compact.CopyFrom(model.graph_def)
+            model = model.with_graph(compact)
         return PassResult(model, modified=modified, counters=counters, notes=notes)
 
     def _prune(self, ed: GraphEditor, names: Any) -> None:

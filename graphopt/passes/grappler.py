@@ -368,7 +368,19 @@ class GrapplerOptimize(Pass):
         "timeout": Option(float, 600.0, "seconds a child process may take"),
     }
 
+    edits_input = False  # builds a new graph
+
     def run(self, model: Model) -> PassResult:
+        from graphopt import stand_ins
+
+        # Grappler holds ~14x the graph it optimizes; it never reads the weights that feed Conv2D/MatMul next
+        # to run-time inputs, so it optimizes a graph with stand-ins for them (the result is the same graph).
+        light, weights = stand_ins.strip(model.graph_def, model.protected_nodes, merge_equal=True)
+        result = self._optimize(model.with_graph(light) if weights else model)
+        stand_ins.restore(result.model.graph_def, weights)  # equal light graphs mean equal graphs: `modified` holds
+        return result
+
+    def _optimize(self, model: Model) -> PassResult:
         problems = check_preconditions(model)
         if problems:
             raise PassError("Grappler cannot run on this graph: " + problems[0], details=problems[1:5],
