@@ -164,7 +164,8 @@ def render(data: dict[str, Any], results_name: str) -> str:
         out.append(f"Not measured: {mem['error']}")
     else:
         out += [f"`{mem['command']}` on {mem['model']} (model size = its frozen SavedModel on disk, "
-                f"{_mb(mem['model_bytes'])} MB), each in a fresh process:", "",
+                f"{_mb(mem['model_bytes'])} MB), each in a fresh process (peak: the larger of the kernel's high-water "
+                f"mark and the RSS of the process and its children, sampled every 5 ms):", "",
                 "| process | peak RSS MB | seconds |", "|---|---|---|",
                 f"| import TensorFlow only | {_mb(mem['tf_import']['peak_bytes'])} | {mem['tf_import']['seconds']:.1f} |",
                 f"| import TensorFlow + `tf.saved_model.load` (TF's own baseline) | {_mb(mem['tf_load']['peak_bytes'])} "
@@ -176,7 +177,7 @@ def render(data: dict[str, Any], results_name: str) -> str:
                 f"{'met' if mem['met'] else '**missed**'}."]
         st = mem.get("stages") or {}
         if st and not st.get("error"):
-            steps = [k for k in ("tf_import", "load", "pipeline", "verify", "save") if k in st]
+            steps = [k for k in ("tf_import", "load", "reference", "pipeline", "verify", "save") if k in st]
             out += ["", f"Where the peak is reached (the same steps in one process through the Python API, preset "
                         f"`{st['transforms']}`; peak RSS after each step, MB):", "",
                     "| " + " | ".join(steps) + " |", "|" + "---|" * len(steps),
