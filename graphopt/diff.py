@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphopt.analysis import NodeRow, constant_info, gc_paused, node_table, op_histogram, parse_input, source_of
+from graphopt.graph_bytes import encoded_size
 from graphopt.model import Model
 
 DIFF_SCHEMA_VERSION = 1
@@ -391,8 +392,8 @@ def _diff(a: Any, b: Any, a_label: str | None, b_label: str | None, structural: 
     hoods = _neighbourhoods(a_rows, b_rows, a2b, [n for n, _ in removed], [n for n, _ in added],
                             [c.name for c in changed])
     return GraphDiff(
-        a=GraphSide(a_label or _label(a, "A"), len(a_rows), ga.ByteSize(), op_histogram(ga, rows=a_rows)),
-        b=GraphSide(b_label or _label(b, "B"), len(b_rows), gb.ByteSize(), op_histogram(gb, rows=b_rows)),
+        a=GraphSide(a_label or _label(a, "A"), len(a_rows), encoded_size(ga), op_histogram(ga, rows=a_rows)),
+        b=GraphSide(b_label or _label(b, "B"), len(b_rows), encoded_size(gb), op_histogram(gb, rows=b_rows)),
         added=sorted(added), removed=sorted(removed), changed=changed,
         unchanged=len(a2b) - len(changed), neighbourhoods=hoods, functions=functions,
     )

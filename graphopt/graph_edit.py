@@ -74,6 +74,7 @@ _BINARY = {
     "Minimum": np.minimum,
 }
 _PASS_THROUGH = {"Identity", "Snapshot", "StopGradient", "PreventGradient"}
+_CACHE_MAX_BYTES = 1 << 20
 
 
 def unused_name(base: str, names: set[str]) -> str:
@@ -89,12 +90,15 @@ class GraphEditor:
     """An index over a GraphDef that a pass edits in place, then :meth:`commit`\\ s.
 
     ``protected`` names nodes that must survive (signature inputs/outputs, init
-    ops): :meth:`prune_dead` never removes them.
+    ops): :meth:`prune_dead` never removes them. ``weights`` (from
+    :func:`graphopt.stand_ins.strip`) makes the stand-ins in ``graph_def`` read as
+    the constants they stand for, so a pass can edit a copy without the weights.
     """
 
-    def __init__(self, graph_def: "GraphDef", protected: Iterable[str] = ()) -> None:
+    def __init__(self, graph_def: "GraphDef", protected: Iterable[str] = (), *, weights: Any = None) -> None:
         self.graph_def = graph_def
         self.protected = set(protected)
+        self.weights = weights
         self.nodes: dict[str, Any] = {n.name: n for n in graph_def.node}
         self.removed: set[str] = set()
         self._consumers: dict[str, dict[tuple[str, int], Any]] | None = None
@@ -171,15 +175,18 @@ class GraphEditor:
         self._const_cache[name] = None  # cycle guard (loops)
         value = self._evaluate(self.node(name))
         self._const_cache[name] = value
+        if value is not None and value.nbytes > _CACHE_MAX_BYTES:
+            del self._const_cache[name]  # weights: cached, they would be a second copy of the model
         return value
 
     def _evaluate(self, node: Any) -> np.ndarray | None:
         if node is None or self.control_inputs(node):
             return None
-        if node.op == "Const":
+        original = self._stood_in(node)
+        if original is not None or node.op == "Const":
             from tensorflow import make_ndarray
 
-            return make_ndarray(node.attr["value"].tensor)
+            return make_ndarray((original or node).attr["value"].tensor)
         ins = self.data_inputs(node)
         if node.op in _PASS_THROUGH and len(ins) == 1:
             return self.const_value(ins[0])
@@ -215,7 +222,15 @@ class GraphEditor:
             if len(ins) != 1:
                 return None
             node = self.node(ins[0])
-        return node if node is not None and node.op == "Const" else None
+        return node if node is not None and (node.op == "Const" or self._stood_in(node) is not None) else None
+
+    def _stood_in(self, node: Any) -> Any:
+        """The original Const a stand-in stands for (None for any other node)."""
+        if self.weights is None or node.op != "Placeholder":
+            return None
+        from graphopt.stand_ins import ATTR
+
+        return self.weights.by_digest.get(node.attr[ATTR].s.decode()) if ATTR in node.attr else None
 
     def add_const(self, base: str, value: np.ndarray, dtype: Any = None, device: str = "") -> str:
         """Add a Const node holding ``value`` under a fresh name; returns its name."""
@@ -353,7 +368,8 @@ class GraphEditor:
             node = self.node(name)
             if node is None or name in self.protected:
                 continue
-            if self.control_inputs(node) or node.op in ("Placeholder", "NoOp") or self.is_stateful(node):
+            if self.control_inputs(node) or self.is_stateful(node) or (
+                    node.op in ("Placeholder", "NoOp") and self._stood_in(node) is None):  # stand-ins are constants
                 continue
             readers = self.consumers(name)
             if readers and all(c.input[i].startswith("^") for c, i in readers) and self.const_value(name) is not None:

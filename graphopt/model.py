@@ -141,7 +141,10 @@ class Model:
 
     @property
     def size_bytes(self) -> int:
-        return self.graph_def.ByteSize()
+        """The serialized size of the graph (computed node by node: see graph_bytes.encoded_size)."""
+        from graphopt.graph_bytes import encoded_size
+
+        return encoded_size(self.graph_def)
 
     @property
     def node_count(self) -> int:

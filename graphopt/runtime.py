@@ -60,21 +60,37 @@ def session_config(*, grappler: bool = True, intra_op: int = 0, inter_op: int = 
 class Session:
     """A TF session over one model: ``Session(model).run({"input": array})`` -> ``{"output": array}``."""
 
-    def __init__(self, model: Model, *, config: Any = None, add_defaults: bool = True) -> None:
-        """``add_defaults=False`` leaves ``model.graph_def`` as it was (importing fills its default attrs)."""
+    def __init__(self, model: Model, *, config: Any = None, add_defaults: bool = True,
+                 feed_weights: bool = False) -> None:
+        """``add_defaults=False`` leaves ``model.graph_def`` as it was (importing fills its default attrs).
+
+        ``feed_weights`` imports the graph with stand-ins for its large constants and feeds their values
+        on every run (:mod:`graphopt.stand_ins`): a session holds about four copies of the graph it runs,
+        and this way none of them holds the weights. The kernels that run are the same only when no
+        graph optimizer runs (``config`` off, as verification's): folding and fusion need constants.
+        """
         import tensorflow as tf
+
+        from graphopt import stand_ins
 
         self.model = model
         self.graph = tf.Graph()
-        added = [] if add_defaults else add_default_attrs(model.graph_def)
+        self._weights: dict[str, Any] = {}
+        graph_def = model.graph_def
+        if feed_weights:
+            graph_def, weights = stand_ins.strip(graph_def, model.protected_nodes, any_reader=True)
+            self._weights = stand_ins.feeds(graph_def, weights)
+        added = [] if add_defaults or feed_weights else add_default_attrs(graph_def)
         try:
             with self.graph.as_default():
-                tf.graph_util.import_graph_def(model.graph_def, name="")
+                tf.graph_util.import_graph_def(graph_def, name="")
         finally:
             _undo_default_attrs(added)
+        del graph_def
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         if model.init_ops:
-            self.session.run([self.graph.get_operation_by_name(n.split(":")[0]) for n in model.init_ops])
+            self.session.run([self.graph.get_operation_by_name(n.split(":")[0]) for n in model.init_ops],
+                             feed_dict=self._weights)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         sig = self.model.signature
@@ -83,12 +99,14 @@ class Session:
             raise InputError(f"no value for input {', '.join(missing)}", where=f"signature {sig.key}",
                              hint=f"inputs are: {', '.join(sig.inputs)}")
         feed_dict = {sig.inputs[k].name: v for k, v in feeds.items() if k in sig.inputs}
+        feed_dict.update(self._weights)
         keys = list(sig.outputs)
         values = self.session.run([sig.outputs[k].name for k in keys], feed_dict=feed_dict)
         return dict(zip(keys, values))
 
     def close(self) -> None:
         self.session.close()
+        self._weights = {}
 
     def __enter__(self) -> "Session":
         return self

@@ -15,6 +15,12 @@ nodes (merge_duplicate_nodes, Grappler's common-subexpression elimination)
 merge stand-ins exactly when the constants were equal, and a stand-in the tool
 renamed still finds its value. Only large constants are swapped: small ones
 (per-channel scales, shapes, scalars) are the ones rewrites do read.
+
+Two more users swap every large constant (``any_reader=True``): graphopt's own
+passes edit a copy with stand-ins and read values through
+:class:`graphopt.graph_edit.GraphEditor` (``weights=``), so only what they
+change is new; and verification sessions feed the values (:func:`feeds`) rather
+than embed them, so the session's own copies of the graph hold no weights.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ WEIGHT_CONSUMERS = frozenset({
     "MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "GatherV2",
     "_FusedConv2D", "_FusedMatMul", "_FusedDepthwiseConv2dNative",
 })
+_NOT_FEEDABLE = frozenset({7, 20, 21})  # DT_STRING, DT_RESOURCE, DT_VARIANT
 # Sources of run-time values: constant folding never evaluates past them.
 _RUNTIME_SOURCES = frozenset({"Placeholder", "PlaceholderWithDefault", "PlaceholderV2"})
 
@@ -77,8 +84,12 @@ def possibly_constant(graph_def: Any) -> set[str]:
     return {n.name for n in graph_def.node} - runtime
 
 
-def swappable(graph_def: Any, protected: Iterable[str] = ()) -> list[int]:
-    """Indexes of the Const nodes that may become stand-ins (see the module docstring)."""
+def swappable(graph_def: Any, protected: Iterable[str] = (), *, any_reader: bool = False) -> list[int]:
+    """Indexes of the Const nodes that may become stand-ins (see the module docstring).
+
+    ``any_reader`` swaps every large numeric constant, whoever reads it: for a session that feeds
+    the values back in and runs the graph as written (no graph optimizer to fold or fuse them).
+    """
     keep = set(protected)
     readers: dict[str, list[Any]] = {}
     for node in graph_def.node:
@@ -88,6 +99,8 @@ def swappable(graph_def: Any, protected: Iterable[str] = ()) -> list[int]:
     candidates = [i for i, n in enumerate(graph_def.node)
                   if n.op == "Const" and not n.input and n.name not in keep and n.name in readers
                   and n.attr["value"].tensor.ByteSize() >= MIN_BYTES]
+    if any_reader:
+        return [i for i in candidates if graph_def.node[i].attr["dtype"].type not in _NOT_FEEDABLE]
     if not candidates:
         return []
     constant = possibly_constant(graph_def)
@@ -95,14 +108,15 @@ def swappable(graph_def: Any, protected: Iterable[str] = ()) -> list[int]:
             if all(r.op in WEIGHT_CONSUMERS and r.name not in constant for r in readers[graph_def.node[i].name])]
 
 
-def strip(graph_def: Any, protected: Iterable[str] = (), *, merge_equal: bool = False) -> tuple[Any, Weights]:
+def strip(graph_def: Any, protected: Iterable[str] = (), *, merge_equal: bool = False,
+          any_reader: bool = False) -> tuple[Any, Weights]:
     """A copy of ``graph_def`` with stand-ins for its swappable weights, and what :func:`restore` needs.
 
     The copy holds no weight bytes; ``graph_def`` must stay alive and unchanged until :func:`restore`.
     ``merge_equal`` keeps one stand-in per value and rewires the readers of the others to it: what
     Grappler's deduplication does to equal constants, and never to Placeholders.
     """
-    swap = set(swappable(graph_def, protected))
+    swap = set(swappable(graph_def, protected, any_reader=any_reader))
     from graphopt.graph_bytes import without_nodes
 
     weights = Weights()
@@ -133,6 +147,23 @@ def strip(graph_def: Any, protected: Iterable[str] = (), *, merge_equal: bool = 
                 if head in merged:
                     node.input[i] = inp.replace(head, merged[head], 1)
     return out, weights
+
+
+def feeds(light: Any, weights: Weights) -> dict[str, Any]:
+    """Tensor name -> value of every stand-in in ``light``, as 64-byte aligned arrays TF can feed without a copy."""
+    import numpy as np
+    from tensorflow.python.framework import tensor_util
+
+    out = {}
+    for node in light.node:
+        if node.op == "Placeholder" and ATTR in node.attr:
+            value = tensor_util.MakeNdarray(weights.by_digest[node.attr[ATTR].s.decode()].attr["value"].tensor)
+            buffer = np.empty(value.nbytes + 64, np.uint8)
+            start = -buffer.ctypes.data % 64
+            aligned = buffer[start:start + value.nbytes].view(value.dtype).reshape(value.shape)
+            aligned[...] = value
+            out[node.name + ":0"] = aligned
+    return out
 
 
 def restore(graph_def: Any, weights: Weights) -> Any:

@@ -555,7 +555,10 @@ def _compare(ref: Reference, optimized: Model, tol: Tolerance, config: Any) -> V
 
 def _run(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config: Any, which: str):
     try:
-        with session_cls(model, config=verification_config() if config is None else config) as sess:
+        # With verification's own config nothing rewrites the graph, so its weights can be fed rather than
+        # embedded: the session's copies of the graph then hold no weights (same kernels, same results).
+        own = config is None
+        with session_cls(model, config=verification_config() if own else config, feed_weights=own) as sess:
             return sess.run(feeds)
     except GraphoptError:
         raise

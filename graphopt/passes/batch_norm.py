@@ -124,8 +124,14 @@ class FoldAllBatchNorms(Pass):
     edits_input = False  # works on its own copy
 
     def run(self, model: Model) -> PassResult:
-        model = model.copy()
-        ed = GraphEditor(model.graph_def, model.protected_nodes)
+        from graphopt import stand_ins
+
+        # The copy edited holds stand-ins for the weights (the editor reads their values from `model`); only
+        # the folded kernels are new bytes, the others come back at the end: one graph's worth of memory.
+        given = model
+        light, weights = stand_ins.strip(model.graph_def, model.protected_nodes, any_reader=True)
+        model = model.with_graph(light)
+        ed = GraphEditor(light, model.protected_nodes, weights=weights)
         self._counters = {"folded": 0, "converted": 0, "bias_merged": 0, "precomputed": 0, "skipped": 0,
                           "pruned": 0}
         self._notes: dict[str, str] = {}
@@ -149,12 +155,9 @@ class FoldAllBatchNorms(Pass):
                  and ed.node(name).op in FUSED_BN_OPS + ("Mul",)]
         counters["skipped"] = len(notes)
         modified = any(counters[k] for k in ("folded", "converted", "bias_merged", "precomputed", "pruned"))
-        if modified:
-            # The folded kernels are new bytes in the copy's protobuf arena, and the kernels they replace are
-            # still there (an arena frees only as a whole): 2x the weights. A fresh copy holds what is live.
-            compact = type(model.graph_def)()
-            compact.CopyFrom(model.graph_def)
-            model = model.with_graph(compact)
+        if not modified:
+            return PassResult(given, modified=False, counters=counters, notes=notes)
+        stand_ins.restore(light, weights)
         return PassResult(model, modified=modified, counters=counters, notes=notes)
 
     def _prune(self, ed: GraphEditor, names: Any) -> None:

@@ -86,8 +86,13 @@ class StripDebugOps(Pass):
         if not any(n.op in wanted for n in model.graph_def.node):
             return PassResult(model, modified=False, counters={"removed": 0, "skipped": 0, "pruned": 0,
                                                                "control_edges_dropped": 0})
-        model = model.copy()
-        ed = GraphEditor(model.graph_def, model.protected_nodes)
+        from graphopt import stand_ins
+
+        given = model
+        # Edits a copy with stand-ins for the weights (this pass never reads them), restored at the end.
+        light, weights = stand_ins.strip(model.graph_def, model.protected_nodes, any_reader=True)
+        model = model.with_graph(light)
+        ed = GraphEditor(model.graph_def, model.protected_nodes, weights=weights)
         frames = control_flow_context(model.graph_def)
         self._dtypes = _TensorTypes(model.graph_def)
         removed: Counter = Counter()
@@ -130,7 +135,12 @@ class StripDebugOps(Pass):
         counters["control_edges_dropped"] = dropped
         reasons = Counter(skipped.values())
         notes = [f"kept {count} {why}" for why, count in sorted(reasons.items())]
-        return PassResult(model, modified=bool(counters["removed"] or pruned or dropped), counters=counters,
+        self._dtypes = None  # its tf.Graph would outlive the run on the pass object
+        modified = bool(counters["removed"] or pruned or dropped)
+        if not modified:
+            return PassResult(given, modified=False, counters=counters, notes=notes)
+        stand_ins.restore(model.graph_def, weights)
+        return PassResult(model, modified=modified, counters=counters,
                           notes=notes)
 
     def _sink_blocker(self, ed: GraphEditor, node: Any, frames: set[str]) -> str:
