@@ -60,6 +60,7 @@ def freeze_signature(path: str, meta: Any, key: str, signature: Signature, *, fm
     if stateful:
         raise NotDirect(f"the signature uses {stateful[0]}, state the loader sets up (a table?), not a variable")
     frozen = _replace_handles(path, inlined, handles)
+    _read_weights_directly(frozen, set(handles), {node_name(t.name) for t in sig_def.outputs.values()})
     return Model(graph_def=frozen, signature=signature, source=path, format=fmt, metadata={"freeze": "direct"})
 
 
@@ -206,6 +207,46 @@ def _shared_resources(graph_def: Any, handles: set[str]) -> list[str]:
                 any(a.name == "shared_name" for a in op_def.attr):
             found.append(f"{node.op} {node.name}{where}")
     return found
+
+
+def _read_weights_directly(graph_def: Any, weights: set[str], protected: set[str]) -> None:
+    """Let every reader of a frozen variable read its constant, not a chain of Identities.
+
+    Freezing leaves one Identity per variable read (the ReadVariableOp) and inlining one more per call
+    level, each waiting on an input_control_node NoOp: artifacts of variables and calls. Here those
+    NoOps wait on constants only, so runtime Grappler folds every chain at the first request, copying
+    the weights (measured: ResNet50's first inference 1.1 -> 1.6 s); TF's converter also colocates the
+    readers with the variable (``_class: loc:@variable``). The chains go, the constants stay.
+    """
+    nodes = {n.name: n for n in graph_def.node}
+    root = {name: name for name in weights}
+    changed = True
+    while changed:  # chains are a few Identities long
+        changed = False
+        for n in graph_def.node:
+            if n.op != "Identity" or n.name in root or n.name in protected or not n.input:
+                continue
+            head = node_name(n.input[0])
+            if head in root and not n.input[0].startswith("^") and all(
+                    i.startswith("^") and getattr(nodes.get(i[1:]), "op", None) == "NoOp" for i in n.input[1:]):
+                root[n.name] = root[head]
+                changed = True
+    bypass = {name: target for name, target in root.items() if name not in weights}
+    for node in graph_def.node:
+        for i, inp in enumerate(node.input):
+            head = node_name(inp)
+            if head in bypass:
+                node.input[i] = "^" + bypass[head] if inp.startswith("^") else bypass[head]
+        if "_class" in node.attr:
+            kept = [s for s in node.attr["_class"].list.s
+                    if s.decode().removeprefix("loc:@") not in weights and s.decode().removeprefix("loc:@") not in bypass]
+            if kept:
+                node.attr["_class"].list.s[:] = kept
+            else:
+                del node.attr["_class"]
+    # From the back by index: the other NodeDefs are not copied or moved (100 MB of weights).
+    for index in reversed([i for i, n in enumerate(graph_def.node) if n.name in bypass]):
+        del graph_def.node[index]
 
 
 def _replace_handles(path: str, graph_def: Any, handles: dict[str, tuple[str, Any]]) -> Any:
