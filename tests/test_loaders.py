@@ -62,6 +62,12 @@ def test_tf2_saved_model_keras_export(model_path, tmp_path):
     # Frozen from the protos and the checkpoint, without tf.saved_model.load (the weights exist once).
     assert model.metadata["freeze"] == "direct"
     _same_as_tf(path, model, random_inputs(model.signature, batch=2))
+    # Readers read the frozen weights themselves: no Identity chains (runtime Grappler would fold them at the
+    # first request, copying every weight) and no colocation with variables that are gone.
+    consts = {n.name for n in model.graph_def.node if n.op == "Const"}
+    assert not [n.name for n in model.graph_def.node if n.op == "Identity" and n.input[0] in consts]
+    assert not [n.name for n in model.graph_def.node if "_class" in n.attr and
+                any(s.decode().removeprefix("loc:@") in consts for s in n.attr["_class"].list.s)]
     assert model.signature.key == "serving_default"
     assert list(model.signature.inputs) == ["image"]
     spec = model.signature.inputs["image"]
