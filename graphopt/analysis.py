@@ -22,6 +22,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+from graphopt.graph_bytes import encoded_size
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model
 from graphopt.safety import scan as scan_unsafe
@@ -337,8 +338,8 @@ def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: in
     """Statistics of a :class:`Model` or a bare ``GraphDef`` (inputs/outputs then inferred).
 
     ``size_bytes`` passes a serialized size already known (the pipeline measures it
-    for every pass): with the upb protobuf runtime ``ByteSize()`` serializes the whole
-    graph, which on a 100 MB model costs more than the rest of the analysis.
+    for every pass); otherwise it is summed node by node (:func:`graphopt.graph_bytes.encoded_size`:
+    with the upb protobuf runtime ``ByteSize()`` serializes the whole graph).
     """
     with gc_paused():
         return _analyze(source, graph, largest, size_bytes)
@@ -384,7 +385,7 @@ def _analyze(source: Any, graph: GraphModel | None, largest: int, size_bytes: in
     return GraphStats(
         nodes=len(rows),
         ops=op_histogram(graph_def, rows=rows),
-        size_bytes=graph_def.ByteSize() if size_bytes is None else size_bytes,
+        size_bytes=encoded_size(graph_def) if size_bytes is None else size_bytes,
         const_bytes=sum(by_dtype.values()),
         const_bytes_by_dtype=dict(sorted(by_dtype.items(), key=lambda kv: -kv[1])),
         const_count=len(consts),

@@ -27,7 +27,6 @@ from graphopt.errors import GraphoptError, PassError, PluginError, UsageError
 from graphopt.graph_check import check_graph
 from graphopt.model import Model
 from graphopt.passes.base import Pass, PassResult
-from graphopt.native import NativeTransform
 from graphopt.plugins import BUILTIN_MODULES, Host, default_host
 
 

@@ -29,7 +29,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from graphopt.model import node_name
+from graphopt.graph_bytes import without_nodes
+from graphopt.graph_edit import consumers_map, join_tensor, split_tensor
 
 ATTR = "_graphopt_stand_in"
 MIN_BYTES = 16 * 1024
@@ -55,11 +56,17 @@ class Weights:
         return len(self.by_digest)
 
 
-def possibly_constant(graph_def: Any) -> set[str]:
+def _data_readers(graph_def: Any) -> dict[str, list[Any]]:
+    """Node name -> the nodes reading one of its outputs (control edges left out)."""
+    return {name: [c for c, i in readers if not c.input[i].startswith("^")]
+            for name, readers in consumers_map(graph_def).items()}
+
+
+def possibly_constant(graph_def: Any, readers: dict[str, list[Any]] | None = None) -> set[str]:
     """Nodes constant folding might evaluate: everything not downstream (by data edges) of a run-time source.
 
     An over-approximation on purpose (control edges, control flow and loops count as constant), so a
-    weight is only swapped out when folding surely never reads it.
+    weight is only swapped out when folding surely never reads it. ``readers``: :func:`_data_readers`.
     """
     from tensorflow.python.framework import op_def_registry
 
@@ -69,11 +76,7 @@ def possibly_constant(graph_def: Any) -> set[str]:
         op_def = op_def_registry.get(node.op)
         return op_def is not None and op_def.is_stateful and node.op != "Const"
 
-    consumers: dict[str, list[Any]] = {}
-    for node in graph_def.node:
-        for inp in node.input:
-            if not inp.startswith("^"):
-                consumers.setdefault(node_name(inp), []).append(node)
+    consumers = _data_readers(graph_def) if readers is None else readers
     runtime = {n.name for n in graph_def.node if runtime_source(n)}
     todo = list(runtime)
     while todo:
@@ -91,19 +94,15 @@ def swappable(graph_def: Any, protected: Iterable[str] = (), *, any_reader: bool
     the values back in and runs the graph as written (no graph optimizer to fold or fuse them).
     """
     keep = set(protected)
-    readers: dict[str, list[Any]] = {}
-    for node in graph_def.node:
-        for inp in node.input:
-            if not inp.startswith("^"):
-                readers.setdefault(node_name(inp), []).append(node)
+    readers = _data_readers(graph_def)
     candidates = [i for i, n in enumerate(graph_def.node)
-                  if n.op == "Const" and not n.input and n.name not in keep and n.name in readers
+                  if n.op == "Const" and not n.input and n.name not in keep and readers.get(n.name)
                   and n.attr["value"].tensor.ByteSize() >= MIN_BYTES]
     if any_reader:
         return [i for i in candidates if graph_def.node[i].attr["dtype"].type not in _NOT_FEEDABLE]
     if not candidates:
         return []
-    constant = possibly_constant(graph_def)
+    constant = possibly_constant(graph_def, readers)
     return [i for i in candidates
             if all(r.op in WEIGHT_CONSUMERS and r.name not in constant for r in readers[graph_def.node[i].name])]
 
@@ -117,8 +116,6 @@ def strip(graph_def: Any, protected: Iterable[str] = (), *, merge_equal: bool = 
     Grappler's deduplication does to equal constants, and never to Placeholders.
     """
     swap = set(swappable(graph_def, protected, any_reader=any_reader))
-    from graphopt.graph_bytes import without_nodes
-
     weights = Weights()
     first: dict[str, str] = {}   # digest -> name of its stand-in
     merged: dict[str, str] = {}  # name of a dropped equal weight -> the stand-in its readers now read
@@ -143,9 +140,9 @@ def strip(graph_def: Any, protected: Iterable[str] = (), *, merge_equal: bool = 
     if merged:
         for node in out.node:
             for i, inp in enumerate(node.input):
-                head = node_name(inp)
+                head, port = split_tensor(inp)
                 if head in merged:
-                    node.input[i] = inp.replace(head, merged[head], 1)
+                    node.input[i] = join_tensor(merged[head], port)
     return out, weights
 
 

@@ -184,19 +184,23 @@ def graph_fuzz_main(base_path: str, work: str, examples: int) -> None:
     check()
 
 
-def test_mutated_graphdefs_raise_only_graphopt_errors(tmp_path, model_path):
+def _fuzz_in_child(main: str, source: Path, tmp_path: Path, examples: int) -> None:
+    """Run ``main`` of this module in a child process, so a native abort fails the test instead of killing it."""
     import os
     import subprocess
     import sys
 
-    from tests import models
-
-    base = model_path("fuzz_frozen.pb", models.frozen_graph)
-    code = f"import tests.test_fuzz as t; t.graph_fuzz_main({str(base)!r}, {str(tmp_path)!r}, {GRAPH_EXAMPLES})"
+    code = f"import tests.test_fuzz as t; t.{main}({str(source)!r}, {str(tmp_path)!r}, {examples})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     last = (tmp_path / "current_example.txt").read_text() if (tmp_path / "current_example.txt").exists() else "?"
     assert proc.returncode == 0, f"exit {proc.returncode}; last example {last}\n{proc.stderr[-4000:]}"
+
+
+def test_mutated_graphdefs_raise_only_graphopt_errors(tmp_path, model_path):
+    from tests import models
+
+    _fuzz_in_child("graph_fuzz_main", model_path("fuzz_frozen.pb", models.frozen_graph), tmp_path, GRAPH_EXAMPLES)
 
 
 # --- corrupted SavedModels ---------------------------------------------------------------------------------------
@@ -281,16 +285,7 @@ def saved_model_fuzz_main(src: str, work: str, examples: int) -> None:
 
 
 def test_corrupted_saved_models_raise_only_graphopt_errors(tmp_path, model_path):
-    import os
-    import subprocess
-    import sys
-
     from tests import models
 
-    src = model_path("fuzz_tf2", models.keras_saved_model)
-    code = (f"import tests.test_fuzz as t; "
-            f"t.saved_model_fuzz_main({str(src)!r}, {str(tmp_path)!r}, {SAVED_MODEL_EXAMPLES})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    last = (tmp_path / "current_example.txt").read_text() if (tmp_path / "current_example.txt").exists() else "?"
-    assert proc.returncode == 0, f"exit {proc.returncode}; last example {last}\n{proc.stderr[-4000:]}"
+    _fuzz_in_child("saved_model_fuzz_main", model_path("fuzz_tf2", models.keras_saved_model), tmp_path,
+                   SAVED_MODEL_EXAMPLES)
