@@ -5,7 +5,7 @@
    changed — matched by name) and against a copy with 10% of the nodes renamed (matched by
    structure).
 2. A pipeline run on ResNet50 (``keras.applications.ResNet50(weights=None)``, frozen through
-   ``graphopt.loaders.load``) with and without the :class:`~graphopt.analysis.PassAnalysis`
+   ``graphopt.loaders.load``) with and without the :class:`~graphopt.analysis.stats.PassAnalysis`
    plugin, which analyses the graph before and after every pass (target: under 10% added).
 
 Run::
@@ -109,8 +109,8 @@ def timed(fn, repeat: int) -> tuple[float, float, object]:
 
 
 def bench_synthetic(n: int, repeat: int) -> dict:
-    from graphopt.analysis import analyze
-    from graphopt.diff import diff_models
+    from graphopt.analysis.diff import diff_models
+    from graphopt.analysis.stats import analyze
     from graphopt.model import Model, Signature, TensorSpec
 
     t0 = time.perf_counter()
@@ -149,8 +149,8 @@ def resnet50_model(workdir: Path):
 
 
 def bench_pipeline(spec: str, repeat: int, workdir: Path) -> dict:
-    from graphopt.analysis import PassAnalysis
-    from graphopt.pipeline import Pipeline
+    from graphopt.analysis.stats import PassAnalysis
+    from graphopt.passes.pipeline import Pipeline
     from graphopt.plugins import Host
 
     model = resnet50_model(workdir)

@@ -62,7 +62,7 @@ def build(name: str, flavor: str, size: int):
 def bn_count(model) -> tuple[int, int]:
     """(fused batch-norm ops, Muls of a non-constant tensor by a constant vector): a batch norm in
     either form (Keras 3's ``x * m``, with ``m`` computed or already folded to a Const)."""
-    from graphopt.graph_edit import GraphEditor
+    from graphopt.graph.edit import GraphEditor
 
     ed = GraphEditor(model.graph_def)
     fused = sum(1 for n in model.graph_def.node if n.op in FUSED)
@@ -78,8 +78,8 @@ def bn_count(model) -> tuple[int, int]:
 
 def measure(name: str, flavor: str, size: int) -> dict:
     from graphopt.passes.batch_norm import FoldAllBatchNorms
-    from graphopt.pipeline import Pipeline
-    from graphopt.runtime import run_model
+    from graphopt.passes.pipeline import Pipeline
+    from graphopt.runtime.session import run_model
 
     model = build(name, flavor, size)
     row: dict = {"model": name, "flavor": flavor, "bn": sum(bn_count(model)), "nodes": len(model.graph_def.node)}

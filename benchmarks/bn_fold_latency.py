@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from graphopt.passes.batch_norm import FoldAllBatchNorms
     from graphopt.passes.debug_ops import StripDebugOps
-    from graphopt.runtime import Session, random_inputs
+    from graphopt.runtime.session import Session, random_inputs
 
     model = load_model(args.model, args.flavor, args.size)
     folded = FoldAllBatchNorms().run(model).model

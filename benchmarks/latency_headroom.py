@@ -53,7 +53,7 @@ def prepare(models: list[str], work: Path, onnx: bool) -> dict:
     import keras
     import numpy as np
 
-    from graphopt.pipeline import Pipeline
+    from graphopt.passes.pipeline import Pipeline
     from graphopt.testing import frozen_keras, randomize_batch_norms
 
     info: dict = {}
@@ -97,7 +97,7 @@ def tf_worker(work: Path, runs: int) -> dict:
     import tensorflow as tf
 
     from graphopt.passes.grappler import onednn_enabled
-    from graphopt.runtime import session_config
+    from graphopt.runtime.session import session_config
 
     info = json.loads((work / "info.json").read_text())
     out: dict = {}

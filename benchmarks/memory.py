@@ -74,9 +74,9 @@ import tensorflow as tf
 from graphopt.bench import peak_rss_bytes as peak
 out = {"tf_import": peak()}
 from graphopt.loaders import load
-from graphopt.pipeline import Pipeline
+from graphopt.passes.pipeline import Pipeline
 from graphopt.plugins import Host
-from graphopt.verify import reference_outputs, verify_result
+from graphopt.verify.compare import reference_outputs, verify_result
 t = time.perf_counter()
 model = load(sys.argv[1]); out["load"] = peak()
 reference = reference_outputs(model); out["reference"] = peak()  # as optimize does: the original runs first

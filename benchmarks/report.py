@@ -42,7 +42,7 @@ graphopt shipped beside it (else TensorFlow's default).
 - **Max difference:** graphopt's verification on the same inputs as the benchmark: max |a-b| relative to
   max |a| of the original output (worst output); "ok" = within the variant's tolerance (lossless: 1e-4 abs +
   1e-4 x max|a|; lossy variants: their passes' declared tolerance).
-- **Verification** (`graphopt.verify`, run by `graphopt optimize` unless `--no-verify`): both models run on
+- **Verification** (`graphopt.verify.compare`, run by `graphopt optimize` unless `--no-verify`): both models run on
   the same inputs -- `--sample FILE.npz` (keys = signature input keys) or generated from the signature
   (unknown batch dims 1, other unknown dims 32, strings drawn from the graph's lookup-table keys) -- and each
   output passes when `max|a-b| <= atol + rtol * max|a|` over finite values, with no NaN/Inf mismatch and equal

@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,7 +70,7 @@ def run_model(name: str, args: argparse.Namespace, host) -> dict:
     from graphopt.bench import bench
     from graphopt.errors import GraphoptError
     from graphopt.loaders import load
-    from graphopt.verify import verify
+    from graphopt.verify.compare import verify
 
     out: dict = {"model": name, "variants": {}, "notes": []}
     t0 = time.time()
@@ -131,7 +131,7 @@ def run_model(name: str, args: argparse.Namespace, host) -> dict:
                 out["variants"][label]["bench"] = mb.to_dict()
         out["bench_notes"] = rep.notes
         if serving is not None:
-            from graphopt.verify import make_inputs
+            from graphopt.verify.compare import make_inputs
 
             feeds = sm.samples or make_inputs(original)
             try:
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted(wanted_presets - variants.available_presets(host))
     if missing:
         _log(f"presets not registered in this build: {', '.join(missing)} (their variants are skipped)")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     args.results.mkdir(parents=True, exist_ok=True)
     data = {"command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             mem = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         data["memory"] = mem
         save()
-    data["finished"] = datetime.now(timezone.utc).isoformat()
+    data["finished"] = datetime.now(UTC).isoformat()
     save()
     _log(f"results: {out_file}" + ("" if args.no_docs else f"; docs: {args.docs}"))
     return 0

@@ -16,13 +16,13 @@ Each builder returns a :class:`SuiteModel`; builds are cached in a folder.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graphopt.testing import randomize_batch_norms
-from typing import Any, Callable
-
 import numpy as np
+
+from graphopt.testing import randomize_batch_norms
 
 KERAS_MODELS = {
     "MobileNetV2": ("MobileNetV2", 224),

@@ -46,7 +46,7 @@ def available_presets(host: Any) -> set[str]:
 
 
 def _pipeline(name: str, host: Any) -> Any:
-    from graphopt.pipeline import Pipeline
+    from graphopt.passes.pipeline import Pipeline
 
     if name == "grappler-offline":
         # Plain OptimizeGraph: default optimizers, no device placement (the baseline the issue measured).
@@ -64,7 +64,7 @@ def _save(model: Any, base: Path, runtime: str) -> Path:
     path = base / "1"
     write_saved_model(model, path)
     if runtime == "shipped":
-        from graphopt.serving_config import recommended_optimizer, write_serving_config
+        from graphopt.runtime.config import recommended_optimizer, write_serving_config
 
         write_serving_config(base, runtime_optimizer=recommended_optimizer(model))
     return path
@@ -72,7 +72,7 @@ def _save(model: Any, base: Path, runtime: str) -> Path:
 
 def make_variant(name: str, original: Any, out: Path, host: Any) -> Variant:
     """Optimize ``original`` into variant ``name`` and save it under ``out/<name>``; a missing preset is skipped."""
-    from graphopt.verify import tolerance_for
+    from graphopt.verify.compare import tolerance_for
 
     runtime = "shipped" if name in SHIPPED else "full"
     if name == "original":
@@ -101,8 +101,8 @@ def quantize_weights_error(original: Any, serving: Any, host: Any, samples: Any)
     ``serving`` + ``quantize_weights``; ``quantize_weights`` on the original graph
     is measured too, for reference.
     """
-    from graphopt.pipeline import Pipeline
-    from graphopt.verify import verify
+    from graphopt.passes.pipeline import Pipeline
+    from graphopt.verify.compare import verify
 
     out: dict[str, Any] = {}
     for base_name, base in (("serving", serving), ("original", original)):

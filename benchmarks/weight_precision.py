@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,8 +32,8 @@ def measure(name: str, seeds: int = 2) -> list[dict]:
     import keras
     import numpy as np
 
-    from graphopt.pipeline import Pipeline
-    from graphopt.runtime import random_inputs, run_model
+    from graphopt.passes.pipeline import Pipeline
+    from graphopt.runtime.session import random_inputs, run_model
     from graphopt.testing import frozen_keras, randomize_batch_norms
 
     keras.utils.set_random_seed(0)

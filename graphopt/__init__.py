@@ -3,9 +3,10 @@
 The public API, importable without loading TensorFlow::
 
     import graphopt
-    model = graphopt.load("path/to/saved_model")          # any format; frozen
-    result = graphopt.Pipeline.parse("serving").run(model)
-    graphopt.save(result.model, "out/", format="saved_model")
+    result = graphopt.optimize("path/to/saved_model", "out/")   # load, preset 'serving', verify, save
+    model = graphopt.load("path/to/saved_model")                 # or step by step: any format, frozen
+    run = graphopt.Pipeline.parse("serving").run(model)
+    graphopt.save(run.model, "out/", format="saved_model")
 
 Write passes with :class:`Pass` or :func:`function_pass`, plugins with :data:`hookimpl`.
 """
@@ -24,10 +25,12 @@ from graphopt.passes.base import Option, Pass, PassResult, function_pass  # noqa
 # Names resolved on first use: these modules pull in TensorFlow or the plugin host.
 _LAZY = {
     "load": ("graphopt.loaders", "load"),
+    "optimize": ("graphopt.optimizer", "optimize"),
+    "OptimizeResult": ("graphopt.optimizer", "OptimizeResult"),
     "save": ("graphopt.savers", "save"),
-    "Pipeline": ("graphopt.pipeline", "Pipeline"),
-    "Repeat": ("graphopt.pipeline", "Repeat"),
-    "PipelineResult": ("graphopt.pipeline", "PipelineResult"),
+    "Pipeline": ("graphopt.passes.pipeline", "Pipeline"),
+    "Repeat": ("graphopt.passes.pipeline", "Repeat"),
+    "PipelineResult": ("graphopt.passes.pipeline", "PipelineResult"),
     "Host": ("graphopt.plugins", "Host"),
 }
 

@@ -20,7 +20,7 @@ What is measured, and why this way:
   would: ``"full"`` (TensorFlow's default), ``"off"`` / ``"remap"`` (what a
   model pre-optimized by ``grappler_optimize`` ships), ``"constfold"`` (what fp16/int8
   weights ship), or ``"shipped"``: the ``session_config.pbtxt`` found beside
-  the model (see :mod:`graphopt.serving_config`), else ``"full"``.
+  the model (see :mod:`graphopt.runtime.config`), else ``"full"``.
 
 Core code: returns a :class:`BenchReport`; ``graphopt bench`` renders it.
 """
@@ -35,9 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -205,7 +206,7 @@ def _count_nodes(model: Model) -> tuple[int, int]:
 
 
 def _const_bytes(model: Model) -> int:
-    from graphopt.analysis import constant_info
+    from graphopt.analysis.stats import constant_info
 
     total = 0
     nodes = list(model.graph_def.node) + [n for f in model.graph_def.library.function for n in f.node_def]
@@ -218,7 +219,7 @@ def _const_bytes(model: Model) -> int:
 
 def shipped_config_file(path: str | Path) -> Path | None:
     """The ``session_config.pbtxt`` shipped with a model: in its folder, its ``assets.extra``, or the folders above."""
-    from graphopt.serving_config import SESSION_CONFIG_FILE
+    from graphopt.runtime.config import SESSION_CONFIG_FILE
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
@@ -268,7 +269,7 @@ def runtime_config(setting: bool | str, path: str | Path | None = None) -> tuple
     elif setting == "constfold":
         rewrite.optimizers.append(setting)  # a non-empty list runs exactly these optimizers
     elif setting == "remap":
-        from graphopt.serving_config import session_config_proto
+        from graphopt.runtime.config import session_config_proto
 
         config.CopyFrom(session_config_proto(runtime_optimizer="remap"))
     return config, setting
@@ -320,7 +321,7 @@ class _ServingSession:
         else:
             # Keras files, checkpoints, Hub modules: TF Serving cannot load them; graphopt's loader freezes them.
             from graphopt.loaders import load
-            from graphopt.runtime import Session
+            from graphopt.runtime.session import Session
 
             self.method = "graphopt loader (freezes on load)"
             model = load(spec["path"], signature=spec["signature"])
@@ -374,7 +375,8 @@ def _cold_child(spec_file: str) -> None:
     t3 = time.perf_counter()
     peak = peak_rss_bytes()
     rss = proc.memory_info().rss
-    print("GRAPHOPT_COLD " + json.dumps({"load_s": t1 - t0, "first_run_s": t3 - t2, "method": sess.method,
+    print("GRAPHOPT_COLD "  # noqa: T201 - the child process answers its parent on stdout
+           + json.dumps({"load_s": t1 - t0, "first_run_s": t3 - t2, "method": sess.method,
                                          "peak_rss_bytes": max(peak, rss) - base_rss,
                                          "rss_after_bytes": rss - base_rss}))
 
@@ -449,10 +451,10 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
     ``grappler`` is one runtime-optimizer setting for all, or one per source
     (e.g. ``["full", "shipped"]``): see the module docstring. Inputs are the
     same for every model: ``samples`` (an ``.npz`` or arrays) or generated from
-    the first model's signature (see :func:`graphopt.verify.make_inputs`).
+    the first model's signature (see :func:`graphopt.verify.compare.make_inputs`).
     """
-    from graphopt.safety import ensure_safe
-    from graphopt.verify import load_samples, make_inputs
+    from graphopt.security.scan import ensure_safe
+    from graphopt.verify.compare import load_samples, make_inputs
 
     if not sources:
         raise UsageError("give at least one model to benchmark")
@@ -575,8 +577,8 @@ def bench_server(targets: Sequence[tuple[str, str]], *, concurrency: int = 4, re
     except ImportError:
         raise UsageError("load testing a server needs graphopt.serving.loadtest, which this install lacks",
                          hint="benchmark model files instead (graphopt bench SRC ...)") from None
-    from graphopt.runtime import random_inputs
-    from graphopt.verify import load_samples
+    from graphopt.runtime.session import random_inputs
+    from graphopt.verify.compare import load_samples
 
     results: list[dict[str, Any]] = []
     for server, model in targets:

@@ -64,17 +64,55 @@ class GraphoptError(Exception):
         }
 
 
-def _subclass(name: str, code: ExitCode, doc: str) -> type[GraphoptError]:
-    # Subclasses differ only by their default exit code; a dataclass field default
-    # keeps them constructible with the same keywords as the base class.
-    cls = dataclass(type(name, (GraphoptError,), {"__doc__": doc, "__annotations__": {"code": ExitCode}, "code": code}))
-    return cls
+# Each class differs from the base only by its default exit code. They are written out (not made by
+# a factory) so type checkers and readers see them; the dataclass decorator keeps every class
+# constructible with the same keywords as the base.
 
 
-UsageError = _subclass("UsageError", ExitCode.USAGE, "Bad command line, transform string, option or pass name.")
-InputError = _subclass("InputError", ExitCode.INPUT, "A model or other input cannot be read, or is not what was asked for.")
-PassError = _subclass("PassError", ExitCode.PASS, "A pass or plugin failed, or returned a graph TensorFlow cannot import.")
-VerificationError = _subclass("VerificationError", ExitCode.VERIFY, "Outputs differ from the original beyond tolerance.")
-OutputError = _subclass("OutputError", ExitCode.OUTPUT, "The output cannot be written.")
-UnsafeGraphError = _subclass("UnsafeGraphError", ExitCode.UNSAFE, "The graph holds ops that reach outside the process.")
-PluginError = _subclass("PluginError", ExitCode.PASS, "A plugin failed to load or its hook raised.")
+@dataclass
+class UsageError(GraphoptError):
+    """Bad command line, transform string, option or pass name."""
+
+    code: ExitCode = ExitCode.USAGE
+
+
+@dataclass
+class InputError(GraphoptError):
+    """A model or other input cannot be read, or is not what was asked for."""
+
+    code: ExitCode = ExitCode.INPUT
+
+
+@dataclass
+class PassError(GraphoptError):
+    """A pass or plugin failed, or returned a graph TensorFlow cannot import."""
+
+    code: ExitCode = ExitCode.PASS
+
+
+@dataclass
+class VerificationError(GraphoptError):
+    """Outputs differ from the original beyond tolerance."""
+
+    code: ExitCode = ExitCode.VERIFY
+
+
+@dataclass
+class OutputError(GraphoptError):
+    """The output cannot be written."""
+
+    code: ExitCode = ExitCode.OUTPUT
+
+
+@dataclass
+class UnsafeGraphError(GraphoptError):
+    """The graph holds ops that are not known to compute only, and they were not allowed."""
+
+    code: ExitCode = ExitCode.UNSAFE
+
+
+@dataclass
+class PluginError(GraphoptError):
+    """A plugin failed to load or its hook raised."""
+
+    code: ExitCode = ExitCode.PASS

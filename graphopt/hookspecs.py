@@ -12,14 +12,15 @@ Built-in passes, presets and commands are registered through these same hooks
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphopt.model import Model
     from graphopt.passes.base import Pass, PassResult
-    from graphopt.pipeline import Pipeline, PipelineResult, RunContext
+    from graphopt.passes.pipeline import Pipeline, PipelineResult, RunContext
 
 hookspec = pluggy.HookspecMarker("graphopt")
 hookimpl = pluggy.HookimplMarker("graphopt")

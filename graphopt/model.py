@@ -142,7 +142,7 @@ class Model:
     @property
     def size_bytes(self) -> int:
         """The serialized size of the graph (computed node by node: see graph_bytes.encoded_size)."""
-        from graphopt.graph_bytes import encoded_size
+        from graphopt.graph.encoding import encoded_size
 
         return encoded_size(self.graph_def)
 

@@ -10,7 +10,7 @@ Each is loaded on its own: one that fails to import is recorded (with its
 distribution and version) and the others still load. Plugins can be switched
 off with ``--no-plugins`` / ``GRAPHOPT_NO_PLUGINS=1`` or limited to an allowlist
 with ``--plugins a,b`` / ``GRAPHOPT_PLUGINS=a,b`` (entry-point or distribution
-names). Built-ins (``graphopt.native`` for GTT's transforms, ``graphopt.builtin``
+names). Built-ins (``graphopt.passes.gtt`` for GTT's transforms, ``graphopt.builtin``
 for graphopt's own passes) are always loaded, through the same hooks.
 """
 
@@ -21,9 +21,10 @@ import importlib
 import os
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -33,7 +34,7 @@ from graphopt.errors import GraphoptError, PluginError, UsageError
 ENTRY_POINT_GROUP = "graphopt"
 ENV_NO_PLUGINS = "GRAPHOPT_NO_PLUGINS"
 ENV_ALLOW = "GRAPHOPT_PLUGINS"
-BUILTIN_MODULES = {"graphopt.native": "native", "graphopt.builtin": "builtin"}
+BUILTIN_MODULES = {"graphopt.passes.gtt": "native", "graphopt.builtin": "builtin"}
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def build_registry(pm: _Manager) -> Registry:
                            where=f"plugin {second}", hint="uninstall one of the two, or use --plugins to choose")
 
     broken: list[str] = []
-    for plugin_name, plugin in list(pm.list_name_plugin()):
+    for plugin_name, _plugin in list(pm.list_name_plugin()):
         origin = pm.origin_of(plugin_name)
         staged = Registry()
         try:
@@ -310,7 +311,7 @@ def _registrar(hook_name: str, origin: Origin, registry: Registry, staged: Regis
             first = owner("presets", name) or owner("passes", name)
             if first is not None:
                 raise clash("preset", name, first, origin)
-            from graphopt import transform_spec
+            from graphopt.passes import transform_string as transform_spec
 
             transform_spec.parse(transforms)  # a preset must at least be a valid transform string
             staged.presets[name] = PresetInfo(name, transforms, description, origin, lossy)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from graphopt.errors import GraphoptError, OutputError
 from graphopt.model import Model, node_name
@@ -140,8 +141,8 @@ def write_saved_model(model: Model, directory: str | os.PathLike) -> Path:
     import tensorflow as tf
     from tensorflow.core.framework import tensor_shape_pb2
 
-    from graphopt.graph_check import skeleton
-    from graphopt.runtime import add_default_attrs
+    from graphopt.graph.checks import skeleton
+    from graphopt.runtime.session import add_default_attrs
 
     directory = Path(directory)
     # tf.import_graph_def of the model's own GraphDef used to fill its default attrs in place; callers (the

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from support import run_subprocess  # noqa: F401  (re-exported for tests)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,4 +1,4 @@
-"""graphopt.analysis on real TensorFlow graphs: the networkx model and the statistics."""
+"""graphopt.analysis.stats on real TensorFlow graphs: the networkx model and the statistics."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from graphopt.analysis import GraphStats, analyze, constant_info, longest_path_length, parse_input, to_networkx
 from models import tf1_seed_graph
+
+from graphopt.analysis.stats import GraphStats, analyze, constant_info, longest_path_length, parse_input, to_networkx
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -185,8 +185,8 @@ def test_stats_is_a_dataclass_with_the_issue_keys(seed):
 
 
 def test_pass_analysis_plugin_records_stats_around_every_pass(seed):
-    from graphopt.analysis import PassAnalysis
-    from graphopt.pipeline import Pipeline
+    from graphopt.analysis.stats import PassAnalysis
+    from graphopt.passes.pipeline import Pipeline
     from graphopt.plugins import Host
 
     host = Host.create(plugins=False)

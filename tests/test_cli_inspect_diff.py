@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from models import tf1_seed_graph
 from rich.console import Console
 
+from graphopt.analysis.diff import diff_models
 from graphopt.cli.render import render_diff, render_inspect, render_report
-from graphopt.diff import diff_models
-from graphopt.pipeline import Pipeline
-from models import tf1_seed_graph
+from graphopt.passes.pipeline import Pipeline
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 IO = ("--inputs", "x", "--outputs", "probs")
@@ -113,7 +113,7 @@ def test_render_report_fits_80_columns_without_colour(seed_result):
 
 
 def test_render_diff_and_inspect_fit_80_columns(seed_result):
-    from graphopt.analysis import analyze
+    from graphopt.analysis.stats import analyze
 
     model, _, result = seed_result
     for render, data in ((render_diff, diff_models(model, result.model)), (render_inspect, analyze(model))):
@@ -165,7 +165,7 @@ def test_diff_two_signatures_of_a_tf1_saved_model(cli, model_path):
 
 def test_render_report_shows_rolled_back_and_counters(seed_result):
     from graphopt.passes.base import PassResult, function_pass
-    from graphopt.pipeline import Pipeline
+    from graphopt.passes.pipeline import Pipeline
 
     model, _, _ = seed_result
 
@@ -188,7 +188,7 @@ def test_render_report_shows_rolled_back_and_counters(seed_result):
 
 
 def test_views_degrade_to_ascii_on_non_utf8_terminals(seed_result):
-    from graphopt.analysis import analyze
+    from graphopt.analysis.stats import analyze
 
     class AsciiIO(io.StringIO):
         encoding = "ascii"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+import models
 import numpy as np
 import pytest
-
-import models
 from support import run_subprocess
+
 from graphopt.loaders import load
-from graphopt.runtime import random_inputs, run_model
+from graphopt.runtime.session import random_inputs, run_model
 
 
 def _same_outputs(a, b, atol=1e-4):

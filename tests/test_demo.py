@@ -219,8 +219,8 @@ def test_diff_of_the_seed_list_on_the_whole_graph_shows_exactly_what_it_removed(
     merge_duplicate_nodes merged. Added: Consts only.
     """
     import graphopt
+    from graphopt.analysis.diff import diff_models
     from graphopt.demo.workflow import _saved_graph_def
-    from graphopt.diff import diff_models
 
     frozen = _saved_graph_def(demo.as_is_path)
     model = graphopt.load(demo.as_is_path)

@@ -1,4 +1,4 @@
-"""graphopt.diff on real graphs: the seed's list, renames, constant edits, functions, JSON schema."""
+"""graphopt.analysis.diff on real graphs: the seed's list, renames, constant edits, functions, JSON schema."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from graphopt.analysis import analyze
-from graphopt.diff import diff_models
-from graphopt.pipeline import Pipeline
-from graphopt.runtime import run_model
 from models import tf1_seed_graph
+
+from graphopt.analysis.diff import diff_models
+from graphopt.analysis.stats import analyze
+from graphopt.passes.pipeline import Pipeline
+from graphopt.runtime.session import run_model
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 

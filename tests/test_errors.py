@@ -17,15 +17,15 @@ import hashlib
 import os
 import random
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from support import run_subprocess
 
 from graphopt.errors import ExitCode
 from tests import models
-from support import run_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -356,9 +356,9 @@ import numpy as np
 import tensorflow as tf
 from graphopt.errors import GraphoptError
 from graphopt.model import Model, Signature, TensorSpec
-from graphopt.pipeline import Pipeline
+from graphopt.passes.pipeline import Pipeline
 from graphopt.plugins import Host
-from graphopt.runtime import run_model
+from graphopt.runtime.session import run_model
 
 out_dir = sys.argv[1]
 v1 = tf.compat.v1

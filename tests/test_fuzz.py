@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphopt import transform_spec
 from graphopt.errors import GraphoptError, UsageError
+from graphopt.passes import transform_string as transform_spec
 
 ROOT = Path(__file__).resolve().parents[1]  # the child imports tests.test_fuzz from here
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,12 +126,11 @@ def graph_fuzz_main(base_path: str, work: str, examples: int) -> None:
     """The fuzz loop (run in a child process by the test below)."""
     from pathlib import Path
 
-    from graphopt.analysis import analyze
-    from graphopt.diff import diff_models
+    from graphopt.analysis.diff import diff_models
+    from graphopt.analysis.stats import analyze
     from graphopt.loaders import load
     from graphopt.loaders.graph_def import read_graph_def
-
-    from graphopt.pipeline import Pipeline
+    from graphopt.passes.pipeline import Pipeline
     from graphopt.plugins import Host
 
     pipeline = Pipeline.parse("fold_constants(ignore_errors=true) fold_old_batch_norms quantize_nodes "

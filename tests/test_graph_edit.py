@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.graph_edit import GraphEditor, consumers_map, join_tensor, split_tensor
+from graphopt.graph.edit import GraphEditor, consumers_map, join_tensor, split_tensor
 
 
 def _graph():

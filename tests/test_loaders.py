@@ -6,13 +6,13 @@ import hashlib
 import shutil
 import time
 
+import models
 import numpy as np
 import pytest
 
-import models
 from graphopt.errors import InputError
 from graphopt.loaders import detect, load
-from graphopt.runtime import random_inputs, run_model
+from graphopt.runtime.session import random_inputs, run_model
 from graphopt.savers import save
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from graphopt.errors import PassError, UsageError
-from graphopt.native import NATIVE_TRANSFORMS, NativeTransform
-from graphopt.pipeline import Pipeline
+from graphopt.passes.gtt import NATIVE_TRANSFORMS, NativeTransform
+from graphopt.passes.pipeline import Pipeline
 from graphopt.plugins import Host
-from graphopt.runtime import random_inputs, run_model
+from graphopt.runtime.session import random_inputs, run_model
 from tests.models import graph_model, tf2_function_model
 
 

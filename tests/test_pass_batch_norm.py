@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from graphopt.passes.batch_norm import FUSED_BN_OPS, FoldAllBatchNorms
-from graphopt.runtime import run_model
+from graphopt.runtime.session import run_model
 from tests.models import frozen_keras, graph_model, randomize_batch_norms
 
 RNG = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphopt.passes.debug_ops import StripDebugOps, control_flow_context
-from graphopt.runtime import run_model
+from graphopt.runtime.session import run_model
 from tests.models import graph_model
 
 RNG = np.random.default_rng(1)
@@ -196,7 +196,7 @@ def test_keras_tf2_frozen_graph():
 
 def test_seed_style_graph_with_colocation_and_loop():
     """The TF1 graph GTT's remove_nodes breaks (``_class: loc:@w1/read`` left dangling) stays importable."""
-    from graphopt.graph_check import check_graph
+    from graphopt.graph.checks import check_graph
     from tests.models import tf1_seed_graph
 
     model, facts = tf1_seed_graph()
@@ -213,7 +213,7 @@ def test_in_a_pipeline_by_name():
     """Both passes by name in a GTT-style transform string, with counters in the pass records."""
     import tensorflow as tf
 
-    from graphopt.pipeline import Pipeline
+    from graphopt.passes.pipeline import Pipeline
 
     def build(x):
         h = tf.nn.conv2d(x, tf.identity(tf.constant(RNG.normal(size=(3, 3, 3, 4)).astype(np.float32))), 1, "SAME")

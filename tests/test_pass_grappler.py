@@ -6,17 +6,21 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-from graphopt import serving_config
-from graphopt.errors import PassError, UsageError
-from graphopt.model import Model, Signature, TensorSpec
-from graphopt.passes.grappler import (GrapplerOptimize, _optimize_in_child, build_meta_graph, grappler_config,
-                                      non_portable_nodes, onednn_enabled)
-from graphopt.pipeline import Pipeline
-from graphopt.runtime import random_inputs, run_model, session_config
-
 from models import small_mobilenet
 
+from graphopt.errors import PassError, UsageError
+from graphopt.model import Model, Signature, TensorSpec
+from graphopt.passes.grappler import (
+    GrapplerOptimize,
+    _optimize_in_child,
+    build_meta_graph,
+    grappler_config,
+    non_portable_nodes,
+    onednn_enabled,
+)
+from graphopt.passes.pipeline import Pipeline
+from graphopt.runtime import config as serving_config
+from graphopt.runtime.session import random_inputs, run_model, session_config
 
 
 def off():
@@ -115,8 +119,8 @@ def _run_in_fresh_process(model, feeds, onednn: str, runtime_optimizer: str = "o
     import tempfile
 
     code = ("import pickle, sys\n"
-            "from graphopt.runtime import run_model\n"
-            "from graphopt.serving_config import session_config_proto\n"
+            "from graphopt.runtime.session import run_model\n"
+            "from graphopt.runtime.config import session_config_proto\n"
             "model, feeds = pickle.load(open(sys.argv[1], 'rb'))\n"
             "out = run_model(model, feeds, config=session_config_proto(runtime_optimizer=sys.argv[2]))\n"
             "pickle.dump(out, open(sys.argv[1], 'wb'))\n")
@@ -324,7 +328,7 @@ def executed_ops(model, feeds, config) -> tuple[Counter, np.ndarray]:
     """Ops of the graph the session really executed (after runtime Grappler and oneDNN's rewrites), and the output."""
     import tensorflow as tf
 
-    from graphopt.runtime import Session
+    from graphopt.runtime.session import Session
 
     with Session(model, config=config) as sess:
         graph = sess.graph
@@ -366,7 +370,7 @@ def test_meta_graph_bytes_are_the_meta_graph_written_node_by_node(mobilenet, dev
     # exactly the MetaGraphDef build_meta_graph makes, devices set, signature and fetches included.
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from graphopt.graph_bytes import serialize_graph_def
+    from graphopt.graph.encoding import serialize_graph_def
     from graphopt.passes.grappler import meta_graph_bytes, same_graph, write_meta_graph
 
     model = mobilenet[0]

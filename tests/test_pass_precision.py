@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from models import small_mobilenet
 
 from graphopt.model import Model, Signature, TensorSpec
+from graphopt.passes.pipeline import Pipeline
 from graphopt.passes.precision import WeightsToFp16, WeightsToInt8, channel_axes, quantize_int8
-from graphopt.pipeline import Pipeline
-from graphopt.runtime import random_inputs, run_model, session_config
-
-from models import small_mobilenet
+from graphopt.runtime.session import random_inputs, run_model, session_config
 
 
 @pytest.fixture(scope="module")

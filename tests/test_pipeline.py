@@ -8,11 +8,10 @@ import pytest
 from graphopt import Option, Pass, PassResult, function_pass, hookimpl
 from graphopt.errors import PassError, PluginError, UsageError
 from graphopt.model import node_name
-from graphopt.pipeline import Pipeline, Repeat, find_config, read_config_table
+from graphopt.passes.pipeline import Pipeline, Repeat, find_config, read_config_table
 from graphopt.plugins import Host
-from graphopt.runtime import random_inputs, run_model
+from graphopt.runtime.session import random_inputs, run_model
 from tests.models import graph_model
-
 
 # --- passes and a plugin that registers them, as a third party would ---------------------------------
 

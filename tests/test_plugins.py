@@ -73,7 +73,7 @@ def test_plugins_json_lists_loaded_plugins_and_their_hooks(cli):
     assert plugins["snapshots"]["hooks"] == ["graphopt_pass_failed", "graphopt_pass_finish"]
     assert plugins["snapshots"]["distribution"] == "graphopt-snapshots" and plugins["snapshots"]["version"] == "0.1.0"
     assert plugins["strip_metadata"]["hooks"] == ["register_passes", "register_presets"]
-    assert plugins["graphopt.native"]["kind"] == "native" and plugins["graphopt.builtin"]["kind"] == "builtin"
+    assert plugins["graphopt.passes.gtt"]["kind"] == "native" and plugins["graphopt.builtin"]["kind"] == "builtin"
     assert data["failed"] == []
     code, out, _ = cli("plugins")
     assert code == 0 and "graphopt-snapshots 0.1.0" in out and "graphopt_pass_finish" in out
@@ -187,9 +187,10 @@ def test_a_broken_plugin_leaves_nothing_behind_and_runs_no_hooks(broken_site, mo
     assert "raises_pass" not in host.registry.passes  # what it registered before failing is gone
     assert host.registry.passes["fold_constants"].origin.kind == "native"
     assert not host.pm.has_plugin("raises")
-    from graphopt.pipeline import Pipeline
-    from tests.models import graph_model
     import tensorflow as tf
+
+    from graphopt.passes.pipeline import Pipeline
+    from tests.models import graph_model
 
     model = graph_model(lambda x: {"y": tf.identity(x * 2.0, name="y")}, {"x": (tf.float32, (None, 2))})
     Pipeline.parse("fold_constants", host=host).run(model)  # its graphopt_pass_start would raise
@@ -250,7 +251,7 @@ def test_optimize_uses_a_plugin_pass_and_preset_by_name(cli, metadata_pb, tmp_pa
 
 
 def test_cli_string_and_toml_config_give_the_same_pipeline_as_code(cli, metadata_pb, tmp_path):
-    from graphopt.pipeline import Pipeline, Repeat
+    from graphopt.passes.pipeline import Pipeline, Repeat
 
     host = Host.create()
     reg = host.registry

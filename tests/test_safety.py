@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from graphopt.errors import ExitCode, UnsafeGraphError
-from graphopt.safety import ensure_safe, scan
+from graphopt.security.scan import ensure_safe, scan
 
 
 def _graph_with_file_read_and_pyfunc():

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import models
 import numpy as np
 import pytest
 
-import models
 from graphopt.errors import OutputError
 from graphopt.loaders import load
 from graphopt.loaders.saved_model_tf1 import read_saved_model
-from graphopt.runtime import random_inputs, run_model
+from graphopt.runtime.session import random_inputs, run_model
 from graphopt.savers import save, write_saved_model
 
 

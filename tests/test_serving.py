@@ -57,7 +57,7 @@ def image_model(channels: int = 6, seed: int = 1) -> Model:
         x = tf.image.convert_image_dtype(image, tf.float32)
         k = tf.constant(rng.standard_normal((3, 3, 3, channels)).astype(np.float32), name="kernel")
         y = tf.nn.relu(tf.nn.conv2d(x, k, strides=2, padding="SAME"))
-        scores = tf.reduce_mean(y, axis=[1, 2], name="scores")
+        tf.reduce_mean(y, axis=[1, 2], name="scores")
         tf.reshape(tf.sigmoid(y[..., :4]), (1, -1, 4), name="boxes")
     sig = Signature(inputs={"inputs": TensorSpec("input_image:0", "uint8", (1, None, None, 3))},
                     outputs={"scores": TensorSpec("scores:0", "float32", (1, channels)),
@@ -89,7 +89,7 @@ def run_saved(export_dir: Path, feeds: dict, key: str = "serving_default") -> di
 
 
 def test_export_versions_signature_and_atomic_layout(tmp_path):
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
     from graphopt.serving.export import export_versioned, versions
 
     model = dense_model()
@@ -132,7 +132,7 @@ def test_export_refuses_existing_version_unless_forced(tmp_path):
     replaced = export_versioned(dense_model(seed=5), base, 1, force=True)
     assert sorted(p.name for p in base.iterdir()) == ["1"]
     x = np.ones((1, 8), np.float32)
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
 
     want = run_model(dense_model(seed=5), {"x": x})["probs"]
     np.testing.assert_allclose(run_saved(replaced, {"x": x})["probs"], want, rtol=1e-6)
@@ -219,7 +219,7 @@ def test_serving_config_command_writes_all_files(cli, tmp_path):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from graphopt.serving_config import parse_platform_config
+    from graphopt.runtime.config import parse_platform_config
 
     code, out, err = cli("serving-config", "--model", "detector=/models/detector", "--model", "dense=/models/dense",
                          "--version", "dense=1,2", "--label", "detector:stable=4", "-o", tmp_path, "--json")
@@ -242,7 +242,7 @@ def test_large_constants_become_variables_forced_by_threshold(tmp_path):
     """The mechanism the 2 GB case uses, forced on a small graph with ``variables_threshold=0``."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
     from graphopt.serving.export import export_versioned
     from graphopt.serving.large import graph_bytes
 
@@ -268,7 +268,7 @@ def test_variables_path_keeps_table_init_ops(tmp_path):
     """A lookup table whose keys and values became variables is still initialised at load (main op after restore)."""
     import tensorflow as tf
 
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
     from graphopt.serving.export import export_versioned
 
     g = tf.Graph()
@@ -396,7 +396,7 @@ def served(tmp_path_factory):
 
 
 def test_grpc_and_rest_predict_equal_in_process_inference(served):
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
     from graphopt.serving.client import GrpcClient, RestClient
 
     model, ends = served["models"]["dense"], served["dense"]
@@ -443,7 +443,7 @@ def test_seed_client_code_against_served_uint8_model(served):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
 
     image = np.random.default_rng(0).integers(0, 256, (1, 37, 45, 3), dtype=np.uint8)
     request = predict_pb2.PredictRequest()
@@ -462,7 +462,7 @@ def test_seed_client_code_against_served_uint8_model(served):
 def test_predict_command_with_npy_json_and_image_inputs(served, cli, tmp_path):
     import tensorflow as tf
 
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
 
     x = np.random.default_rng(1).random((2, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -511,10 +511,11 @@ def test_run_load_reports_percentiles_and_throughput(served):
 
 def test_server_replays_warmup_file_on_load(tmp_path):
     """A warm-up record the model cannot run fails the load, so the records really are replayed."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
     from graphopt.serving.export import export_versioned
     from graphopt.serving.server import DevServer
     from graphopt.serving.warmup import predict_request, write_warmup
-    from tensorflow_serving.apis import prediction_log_pb2
 
     base = tmp_path / "m"
     out = export_versioned(dense_model(), base, samples=[{"x": np.ones((2, 8), np.float32)}] * 3)
@@ -618,9 +619,8 @@ def test_server_refuses_unsafe_ops_but_not_its_own_saver(tmp_path, cli):
 def demo_base(tmp_path_factory):
     """BASE/1: the seed's as-is SavedModel of the demo detector; BASE/2: graphopt's export of it (with warm-up)."""
     demo = pytest.importorskip("graphopt.demo.workflow")
-    from graphopt.demo.detector import build_module
-
     import graphopt
+    from graphopt.demo.detector import build_module
     from graphopt.serving.export import export_versioned
 
     tmp = tmp_path_factory.mktemp("demo")

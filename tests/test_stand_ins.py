@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt import stand_ins
-from graphopt.pipeline import Pipeline
+from graphopt.graph import weightless as stand_ins
+from graphopt.passes.pipeline import Pipeline
 from graphopt.plugins import Host
-from graphopt.runtime import random_inputs, run_model
+from graphopt.runtime.session import random_inputs, run_model
 from tests.models import graph_model
 
 
@@ -72,8 +72,8 @@ def test_an_unknown_stand_in_is_an_error(model):
 
 
 def test_a_session_feeding_its_weights_gives_the_same_outputs(model):
-    from graphopt.runtime import Session
-    from graphopt.verify import verification_config
+    from graphopt.runtime.session import Session
+    from graphopt.verify.compare import verification_config
 
     feeds = random_inputs(model.signature, batch=3)
     with Session(model, config=verification_config(), feed_weights=True) as sess:

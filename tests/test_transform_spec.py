@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from graphopt import transform_spec
 from graphopt.errors import UsageError
-from graphopt.pipeline import Pipeline
+from graphopt.passes import transform_string as transform_spec
+from graphopt.passes.pipeline import Pipeline
+from graphopt.passes.transform_string import GroupSpec, StepSpec, format_items, parse
 from graphopt.plugins import Host
-from graphopt.transform_spec import GroupSpec, StepSpec, format_items, parse
 
 
 @pytest.fixture(scope="module")

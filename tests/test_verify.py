@@ -8,9 +8,19 @@ import pytest
 from graphopt.errors import ExitCode, InputError, VerificationError
 from graphopt.model import Model, Signature, TensorSpec
 from graphopt.passes.base import Pass, PassResult, function_pass
-from graphopt.pipeline import Pipeline
-from graphopt.verify import (Reference, Tolerance, compare_output, load_samples, make_inputs, reference_outputs,
-                             table_vocabulary, tolerance_for, verify, verify_result)
+from graphopt.passes.pipeline import Pipeline
+from graphopt.verify.compare import (
+    Reference,
+    Tolerance,
+    compare_output,
+    load_samples,
+    make_inputs,
+    reference_outputs,
+    table_vocabulary,
+    tolerance_for,
+    verify,
+    verify_result,
+)
 
 
 def _dense_model() -> Model:
@@ -91,7 +101,7 @@ def test_perturbed_weight_fails_with_verify_exit_code(dense):
     assert err.code == ExitCode.VERIFY
     assert any(line.startswith("y: max abs") for line in err.details)
     # The reported difference is the real one: recompute it from both runs.
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
 
     x = make_inputs(dense, batch=4)
     a, b = run_model(dense, x)["y"], run_model(result.model, x)["y"]
@@ -179,7 +189,7 @@ def test_string_inputs_hit_the_vocabulary():
     assert table_vocabulary(model) == ["alpha", "beta", "gamma", "delta"]
     feeds = make_inputs(model, batch=16)
     assert set(feeds["words"].tolist()) <= {b"alpha", b"beta", b"gamma", b"delta"}
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
 
     ids = run_model(model, feeds)["ids"]
     assert (ids > 0).all()  # every generated word is in the table: none fell back to the default -1
@@ -299,7 +309,7 @@ def test_vocabulary_of_a_mutable_table_import():
                     outputs={"ids": TensorSpec("ids:0", "int64", (None,))})
     model = Model(g.as_graph_def(), sig, init_ops=[load.name])
     assert table_vocabulary(model) == ["red", "green"]
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
 
     assert (run_model(model, make_inputs(model, batch=8))["ids"] > 0).all()
 
@@ -307,7 +317,7 @@ def test_vocabulary_of_a_mutable_table_import():
 def test_reference_first_then_result_matches_verify(dense):
     """optimize runs the original before its pipeline: reference_outputs + verify_result give verify's report,
     and the original's GraphDef is left exactly as it was (importing would fill its default attrs)."""
-    from graphopt.pipeline import PipelineResult
+    from graphopt.passes.pipeline import PipelineResult
 
     original = dense.copy()
     for node in original.graph_def.node:  # defaults missing, as a stripped graph has them

@@ -1,8 +1,8 @@
 """Every rich view of graphopt's analysis: the per-pass report, the graph diff and ``inspect``.
 
 Each ``render_*`` takes a ``rich.console.Console`` and plain data
-(:class:`~graphopt.pipeline.PipelineResult`, :class:`~graphopt.diff.GraphDiff`,
-:class:`~graphopt.analysis.GraphStats`) and prints. The views fit an 80-column
+(:class:`~graphopt.passes.pipeline.PipelineResult`, :class:`~graphopt.analysis.diff.GraphDiff`,
+:class:`~graphopt.analysis.stats.GraphStats`) and prints. The views fit an 80-column
 terminal and say everything in text as well as colour (``+``/``-``/``~`` marks,
 status words), so they read the same with ``NO_COLOR`` or in a log file.
 """
@@ -10,7 +10,8 @@ status words), so they read the same with ``NO_COLOR`` or in a log file.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,9 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from graphopt.analysis import GraphStats
-    from graphopt.diff import GraphDiff, NodeChange
-    from graphopt.pipeline import PipelineResult
+    from graphopt.analysis.diff import GraphDiff, NodeChange
+    from graphopt.analysis.stats import GraphStats
+    from graphopt.passes.pipeline import PipelineResult
 
 BAR = "█"
 BAR_WIDTH = 12

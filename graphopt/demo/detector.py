@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,7 @@ def _anchors(grids: list[int], scales: list[float]) -> np.ndarray:
             out.append(np.stack([cy, cx, np.full_like(cy, h), np.full_like(cx, w)], axis=-1))
     # order: location-major, then ratio, matching the box predictor's reshape
     per_map, start = [], 0
-    for grid in grids:
+    for _grid in grids:
         block = np.stack(out[start:start + 3], axis=2).reshape(-1, 4)
         per_map.append(block)
         start += 3

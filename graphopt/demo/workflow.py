@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -284,7 +285,7 @@ def run_workflow(workdir: str | Path, *, pipelines: tuple[str, ...] = ("gtt-seed
                  image: np.ndarray | None = None, module: str | Path | None = None) -> DemoResult:
     """Build the detector, wrap and save it as-is, optimize it with each preset in ``pipelines``, compare.
 
-    ``pipelines[0]`` must be registered (``gtt-seed`` is, by graphopt.native);
+    ``pipelines[0]`` must be registered (``gtt-seed`` is, by graphopt.passes.gtt);
     later ones that are not registered are skipped. ``gtt-deploy`` (GTT README's list, which lacks
     ``remove_attribute(_class)``) is there to show why the seed put that transform first. A pipeline that fails
     raises its :class:`~graphopt.errors.PassError` for the first one, and is
@@ -293,9 +294,8 @@ def run_workflow(workdir: str | Path, *, pipelines: tuple[str, ...] = ("gtt-seed
     """
     import graphopt
     from graphopt.demo.detector import build_module
-    from graphopt.plugins import default_host
-
     from graphopt.errors import OutputError
+    from graphopt.plugins import default_host
 
     workdir = Path(workdir)
     taken = [p.name + "/" for p in (workdir / "module", workdir / "models") if p.exists()]
@@ -369,7 +369,7 @@ def _seed_on_whole_graph(frozen: Any, model: Any, image: np.ndarray, reference: 
     gradients' control-dependency Identities and the loop's Identities).
     """
     import graphopt
-    from graphopt.runtime import run_model
+    from graphopt.runtime.session import run_model
 
     t0 = time.perf_counter()
     whole = model.replace(graph_def=frozen, init_ops=[], source=model.source, format="graph_def")
@@ -392,15 +392,22 @@ def _optimize(model: Any, name: str, out: Path, image: np.ndarray, reference: di
 
     t0 = time.perf_counter()
     spec = name
-    try:
-        pipeline = graphopt.Pipeline.parse(name)
-        spec = pipeline.spec
-        run = pipeline.run(model)
-        seconds = time.perf_counter() - t0
+    timings: dict[str, float] = {}
+
+    def pipeline_done(run: Any) -> None:
+        nonlocal t0
+        timings["pipeline"] = time.perf_counter() - t0
         done(f"optimize [{name}]", f"{len(run.records)} passes, {model.node_count} -> {run.model.node_count} nodes",
              t0)
         t0 = time.perf_counter()
-        graphopt.save(run.model, str(out), format="saved_model")
+
+    try:
+        pipeline = graphopt.Pipeline.parse(name)
+        spec = pipeline.spec
+        # The demo compares the served SavedModel with the as-is one itself (below), image in, boxes out.
+        run = graphopt.optimize(model, out, transforms=pipeline, format="saved_model", verify=False,
+                                on_pipeline_done=pipeline_done).pipeline
+        seconds = timings["pipeline"]
         done(f"save [{name}]", f"graphopt.save -> {out}", t0)
         t0 = time.perf_counter()
         diffs, classes_equal = compare(reference, predict(out, image))

@@ -12,8 +12,8 @@ signature it chose. The input is only ever read.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from graphopt.errors import GraphoptError, InputError
 from graphopt.model import Model

@@ -15,8 +15,9 @@ The outputs chosen are named in ``Model.metadata``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
@@ -57,7 +58,7 @@ def _serving_sinks(graph: Any, sinks: list[str], has_training: bool) -> list[str
 def _refuse_unsafe_restore(meta: Any, where: str) -> None:
     """Loading runs the saver's restore op and the table initializers: refuse ones that reach outside
     the process beyond reading the checkpoint and vocabulary files (a hostile .meta can name any op)."""
-    from graphopt.safety import load_time_findings, refuse_unsafe_load
+    from graphopt.security.scan import load_time_findings, refuse_unsafe_load
 
     roots = [meta.saver_def.restore_op_name] if meta.saver_def.restore_op_name else []
     if "table_initializer" in meta.collection_def:

@@ -165,7 +165,7 @@ def _inline_functions(graph_def: Any, fetches: list[str]) -> Any:
     from tensorflow.python.framework.convert_to_constants import disable_lower_using_switch_merge
     from tensorflow.python.grappler import tf_optimizer
 
-    from graphopt.native import with_default_attrs
+    from graphopt.passes.gtt import with_default_attrs
 
     # Grappler's item builder aborts the process on graphs TF's importer rejects (an input without a
     # dtype, an unknown op): import the (weightless) graph first, and let tf.saved_model.load report it.

@@ -9,8 +9,9 @@ graph (from a graphopt export) become the model's init ops again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
@@ -40,7 +41,7 @@ def read_graph_def(path: str) -> Any:
                          ) from None
     if not graph_def.node:
         raise InputError("the GraphDef has no nodes", where=path, hint="the file is probably not a TensorFlow graph")
-    from graphopt.graph_check import malformed_constants
+    from graphopt.graph.checks import malformed_constants
 
     broken = malformed_constants(graph_def)  # TF imports these, then native code aborts on them
     if broken:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from graphopt.errors import InputError
 from graphopt.model import Model

@@ -8,7 +8,8 @@ signature. Input keys are the input layers' names; output keys are
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from graphopt.errors import InputError
 from graphopt.model import DEFAULT_SIGNATURE, Model

@@ -10,8 +10,9 @@ Consts (see :mod:`graphopt.loaders.tables`), so no asset path remains.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
@@ -90,7 +91,7 @@ def freeze_session(session: Any, graph: Any, signature: Signature) -> tuple[Any,
 
 def _refuse_unsafe_init(meta: Any, path: str) -> None:
     """Loading runs the main op: refuse one that reaches outside the process (file writes, PyFunc, ...)."""
-    from graphopt.safety import load_time_findings, refuse_unsafe_load
+    from graphopt.security.scan import load_time_findings, refuse_unsafe_load
 
     refuse_unsafe_load(load_time_findings(meta), runs="the model's main op", where=path,
                        why="loading a TF1 SavedModel runs its main op")

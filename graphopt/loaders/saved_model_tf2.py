@@ -15,13 +15,14 @@ Models without signatures (some TF2 Hub models) are served through their
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from graphopt import memory
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
 from graphopt.loaders.tables import RESOURCE, inline_captured_tables
 from graphopt.model import DEFAULT_SIGNATURE, Model, Signature
+from graphopt.runtime import memory
 
 
 def _key_from_path(path: str) -> str:
@@ -88,7 +89,7 @@ def freeze_function(fn: Any, *, key: str = DEFAULT_SIGNATURE, source: str = "<me
 
 
 def _pick_call_function(obj: Any, where: str) -> Any:
-    call = getattr(obj, "__call__", None)
+    call = getattr(obj, "__call__", None)  # noqa: B004 - the tf.function itself, not a callable test
     concrete = list(getattr(call, "concrete_functions", []) or [])
     if not concrete:
         raise InputError("the SavedModel has no signatures and no __call__ function", where=where,
@@ -107,7 +108,7 @@ def _pick_call_function(obj: Any, where: str) -> Any:
 def _refuse_unsafe_init(path: str) -> None:
     """``tf.saved_model.load`` runs resource initializers: refuse ones that reach outside the process."""
     from graphopt.loaders.saved_model_tf1 import read_saved_model
-    from graphopt.safety import refuse_unsafe_load, tf2_load_time_findings
+    from graphopt.security.scan import refuse_unsafe_load, tf2_load_time_findings
 
     found = [f for meta in read_saved_model(path).meta_graphs for f in tf2_load_time_findings(meta)]
     refuse_unsafe_load(found, runs="the model's resource initializers", where=path,

@@ -7,7 +7,8 @@ graph plus its dtype and static shape.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from graphopt.errors import InputError
 from graphopt.model import DEFAULT_SIGNATURE, Signature, TensorSpec, node_name, tensor_name

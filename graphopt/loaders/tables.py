@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-
 RESOURCE = 20  # DT_RESOURCE
 IMMUTABLE_TABLE_OPS = {"HashTableV2", "HashTable"}
 MUTABLE_TABLE_OPS = {"MutableHashTableV2", "MutableHashTableOfTensorsV2", "MutableDenseHashTableV2"}

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from graphopt.errors import UsageError
 from graphopt.model import Model
@@ -167,7 +168,7 @@ class Pass:
     @property
     def spec(self) -> str:
         """This pass as GTT transform-string text, e.g. ``remove_nodes(op=Identity, op=CheckNumerics)``."""
-        from graphopt.transform_spec import format_step
+        from graphopt.passes.transform_string import format_step
 
         args: list[tuple[str, str]] = []
         for key, value in self.config.items():

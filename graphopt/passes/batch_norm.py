@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.graph_edit import GraphEditor, join_tensor, split_tensor
+from graphopt.graph.edit import GraphEditor, join_tensor, split_tensor
 from graphopt.model import Model
 from graphopt.passes.base import Option, Pass, PassResult
 
@@ -124,7 +124,7 @@ class FoldAllBatchNorms(Pass):
     edits_input = False  # works on its own copy
 
     def run(self, model: Model) -> PassResult:
-        from graphopt import stand_ins
+        from graphopt.graph import weightless as stand_ins
 
         # The copy edited holds stand-ins for the weights (the editor reads their values from `model`); only
         # the folded kernels are new bytes, the others come back at the end: one graph's worth of memory.

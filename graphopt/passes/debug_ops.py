@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from graphopt.graph_edit import GraphEditor, join_tensor, split_tensor
+from graphopt.graph.edit import GraphEditor, join_tensor, split_tensor
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
 
@@ -86,7 +86,7 @@ class StripDebugOps(Pass):
         if not any(n.op in wanted for n in model.graph_def.node):
             return PassResult(model, modified=False, counters={"removed": 0, "skipped": 0, "pruned": 0,
                                                                "control_edges_dropped": 0})
-        from graphopt import stand_ins
+        from graphopt.graph import weightless as stand_ins
 
         given = model
         # Edits a copy with stand-ins for the weights (this pass never reads them), restored at the end.
@@ -220,7 +220,7 @@ class _TensorTypes:
         if self._graph is None and not self._failed:
             import tensorflow as tf
 
-            from graphopt.graph_check import skeleton
+            from graphopt.graph.checks import skeleton
 
             graph = tf.Graph()
             try:

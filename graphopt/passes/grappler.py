@@ -2,7 +2,7 @@
 
 TensorFlow's runtime optimizer (Grappler) rewrites a graph when a session first
 builds an executor, i.e. on the first request. Running it here instead, and
-serving with runtime Grappler off (see :mod:`graphopt.serving_config`), moves
+serving with runtime Grappler off (see :mod:`graphopt.runtime.config`), moves
 that cost out of the first request at equal latency. Fusions only a oneDNN
 build runs (depthwise conv + BiasAdd + activation, Swish) cannot stay in a
 portable graph: where such ops remain (:func:`runtime_fusion_candidates`), the
@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from graphopt.errors import PassError
-from graphopt.graph_bytes import graph_def_chunks, join, length_delimited
-from graphopt.graph_edit import unused_name
+from graphopt.graph.edit import unused_name
+from graphopt.graph.encoding import graph_def_chunks, join, length_delimited
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
 
@@ -103,7 +103,7 @@ def _meta_graph_chunks(model: Model, device: str) -> tuple[int, Iterator[bytes]]
     """Size and pieces of the serialized ``build_meta_graph(model, device)``, one node at a time.
 
     The graph_def field (tag, length, then the GraphDef written node by node with ``device`` set,
-    see :mod:`graphopt.graph_bytes`) followed by the rest of the MetaGraphDef: TensorFlow parses
+    see :mod:`graphopt.graph.encoding`) followed by the rest of the MetaGraphDef: TensorFlow parses
     exactly the message ``build_meta_graph`` builds, but no second copy of the graph is held.
     """
     graph_size, graph_chunks = graph_def_chunks(model.graph_def, device=device)
@@ -371,7 +371,7 @@ class GrapplerOptimize(Pass):
     edits_input = False  # builds a new graph
 
     def run(self, model: Model) -> PassResult:
-        from graphopt import stand_ins
+        from graphopt.graph import weightless as stand_ins
 
         # Grappler holds ~14x the graph it optimizes; it never reads the weights that feed Conv2D/MatMul next
         # to run-time inputs, so it optimizes a graph with stand-ins for them (the result is the same graph).
@@ -466,7 +466,7 @@ class GrapplerOptimize(Pass):
         if fused:
             kinds = ", ".join(f"{op} {after[op] - before[op]:+d}" for op in sorted(after) if op.startswith("_Fused"))
             notes.append(f"fused kernels: {kinds}")
-        # Recorded for graphopt.serving_config: a pre-optimized graph is served with runtime Grappler off.
+        # Recorded for graphopt.runtime.config: a pre-optimized graph is served with runtime Grappler off.
         metadata = {k: v for k, v in model.metadata.items() if k != "weight_storage"}
         metadata["grappler_device"] = device
         metadata["grappler_onednn"] = onednn

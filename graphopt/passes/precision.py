@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.graph_edit import unused_name
+from graphopt.graph.edit import unused_name
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
 
@@ -132,7 +132,7 @@ def _turn_into(node, op: str, inputs: list[str], attrs: dict[str, Any]) -> None:
 
 
 def _stored_as(model: Model, graph_def: Any, storage: str, converted: int) -> Model:
-    # Recorded for graphopt.serving_config: these weights want runtime constant folding (see its docstring).
+    # Recorded for graphopt.runtime.config: these weights want runtime constant folding (see its docstring).
     if not converted:
         return model.with_graph(graph_def)
     previous = model.metadata.get("weight_storage")

@@ -42,7 +42,6 @@ def _signatures_summary(sdm: Mapping[str, Any]) -> dict[str, dict]:
 def tf_dtype_name(enum_name: str) -> str:
     """``"DT_UINT8"`` -> ``"uint8"``."""
     import tensorflow as tf
-
     from tensorflow.core.framework import types_pb2
 
     return tf.as_dtype(types_pb2.DataType.Value(enum_name)).name

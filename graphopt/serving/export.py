@@ -16,7 +16,8 @@ from pathlib import Path
 
 from graphopt.errors import GraphoptError, OutputError, UsageError
 from graphopt.model import Model
-from graphopt.serving import large, warmup as warmup_mod
+from graphopt.serving import large
+from graphopt.serving import warmup as warmup_mod
 
 
 def versions(base: str | Path) -> list[int]:
@@ -86,7 +87,7 @@ def export_versioned(model: Model, base: str | Path, version: int | None = None,
                                           model_name=model_name)
             warmup_mod.write_warmup(tmp, logs)
         if runtime_optimizer is not None:
-            from graphopt.serving_config import write_serving_config
+            from graphopt.runtime.config import write_serving_config
 
             write_serving_config(tmp / "assets.extra", runtime_optimizer=runtime_optimizer)
         if target.exists():

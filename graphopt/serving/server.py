@@ -50,7 +50,7 @@ def check_safe(export_dir: str | Path, *, allow: bool | Iterable[str] = False) -
     """
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from graphopt.safety import ensure_safe
+    from graphopt.security.scan import ensure_safe
 
     path = Path(export_dir) / "saved_model.pb"
     try:
@@ -152,8 +152,13 @@ def _check_spec(model: LoadedModel, name: str, version: int | None, label: str |
 def _grpc_servicers(model: LoadedModel):
     import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                         predict_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     def fail(context, err: RequestError):
         context.abort(getattr(grpc.StatusCode, err.status), err.message)

@@ -43,7 +43,7 @@ def predict_request(inputs: Sample, *, model_name: str = "", signature: str = "s
 
 
 def _normalise_samples(model: Model, samples: Sample | Sequence[Sample] | None, count: int) -> list[dict]:
-    from graphopt.runtime import random_inputs
+    from graphopt.runtime.session import random_inputs
 
     if samples is None:
         return [random_inputs(model.signature, seed=i) for i in range(count)]

@@ -22,9 +22,9 @@ def configure(parser) -> None:
 def run(args, ctx) -> int:
     from rich.markup import escape
 
-    from graphopt import transform_spec
     from graphopt.demo.workflow import SEED_TRANSFORMS, run_workflow
     from graphopt.errors import VerificationError
+    from graphopt.passes import transform_string as transform_spec
 
     own_dir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="graphopt-demo-")) if own_dir else Path(args.workdir)

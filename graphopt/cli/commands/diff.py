@@ -2,7 +2,7 @@
 
 Both sides load through :func:`graphopt.loaders.load` with the same load flags
 (``--signature``, ``--tags``, ``--inputs``, ``--outputs``); ``--b-signature`` etc.
-override them for B. The diff is :func:`graphopt.diff.diff_models`; the JSON is
+override them for B. The diff is :func:`graphopt.analysis.diff.diff_models`; the JSON is
 ``GraphDiff.to_dict()`` (schema in docs/analysis.md). Exit code 0 whether or not
 the graphs differ; ``--exit-code`` makes a difference exit 1, like ``git diff``.
 """
@@ -26,8 +26,8 @@ def configure(parser) -> None:
 
 
 def run(args, ctx) -> int:
+    from graphopt.analysis.diff import diff_models
     from graphopt.cli.render import render_diff, render_json
-    from graphopt.diff import diff_models
 
     a = load_from_args(args.a, args)
     b_flags = any(getattr(args, f"b_{k}") is not None for k in ("signature", "tags", "inputs", "outputs"))

@@ -1,7 +1,7 @@
 """``graphopt inspect SRC [--json]``: signature, node count, op histogram, sizes, constants, unreachable nodes.
 
 Loading is :func:`graphopt.loaders.load`; the numbers are
-:func:`graphopt.analysis.analyze`; the view is :func:`graphopt.cli.render.render_inspect`.
+:func:`graphopt.analysis.stats.analyze`; the view is :func:`graphopt.cli.render.render_inspect`.
 The JSON is ``GraphStats.to_dict()`` (schema in docs/analysis.md).
 """
 
@@ -44,7 +44,7 @@ def configure(parser) -> None:
 
 
 def run(args, ctx) -> int:
-    from graphopt.analysis import analyze
+    from graphopt.analysis.stats import analyze
     from graphopt.cli.render import render_inspect, render_json
 
     model = load_from_args(args.src, args)

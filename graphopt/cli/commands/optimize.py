@@ -1,20 +1,12 @@
 """``graphopt optimize SRC -o OUT``: load any model, run a pipeline of passes, verify, save it for serving.
 
-The command only wires things together: loading is :func:`graphopt.loaders.load`,
-the pipeline :class:`graphopt.pipeline.Pipeline`, verification
-:func:`graphopt.verify.reference_outputs` (the original, run before the pipeline)
-and :func:`graphopt.verify.verify_result` (the result, after it), saving :func:`graphopt.savers.save` or
-:func:`graphopt.serving.export.export_versioned`. Nothing is written until the
-pipeline ran and the result was verified.
+The command only maps flags onto :func:`graphopt.optimizer.optimize` (the one
+load -> pipeline -> verify -> write flow) and shows what it reports.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from graphopt import memory
-from graphopt.errors import OutputError, UsageError
+from graphopt.errors import UsageError
 
 HELP = "load a model, run transforms and passes on it, and save it for TF Serving"
 
@@ -53,100 +45,32 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def default_spec(host) -> str:
-    return "serving" if "serving" in host.registry.presets else "gtt-seed"
-
-
-def build_pipeline(args, host):
-    from graphopt.pipeline import Pipeline
-
-    if args.config and args.transforms:
-        raise UsageError("give --transforms or --config, not both", where="optimize")
-    if args.config:
-        return Pipeline.from_config(args.config, host=host)
-    return Pipeline.parse(args.transforms or default_spec(host), host=host)
-
-
 def _allow(value) -> bool | list[str]:
     return value if isinstance(value, bool) else _names(value) or False
 
 
 def run(args, ctx) -> int:
     from graphopt.cli.render import render_report
-    from graphopt.loaders import load
-    from graphopt.savers import check_destination, format_for, refuse_input_overlap, save
+    from graphopt.optimizer import optimize
 
     if not args.output and not args.serving_dir:
         raise UsageError("nowhere to write the result", where="optimize", hint="give -o OUT and/or --serving-dir BASE")
-    if args.version is not None and not args.serving_dir:
-        raise UsageError("--version goes with --serving-dir", where="optimize")
-    out = Path(args.output) if args.output else None
-    fmt = format_for(out, args.format) if out else None
-    pipeline = build_pipeline(args, ctx.host)  # bad transform strings fail before any loading
-    tags = None if args.tags is None else _names(args.tags)
-    if args.report and Path(args.report).exists() and not args.force:
-        raise OutputError("the report file already exists", where=args.report, hint="pass --force to replace it")
-    model = load(args.src, signature=args.signature, tags=tags, inputs=_names(args.inputs),
-                 outputs=_names(args.outputs))
-    if out:
-        check_destination(model, out.absolute(), args.force)  # fail before the (slow) pipeline runs
-    for other in (args.serving_dir, args.report):  # neither may write into (or over) the input either
-        if other:
-            refuse_input_overlap(model, Path(other))
-    ctx.err.print(f"loaded {args.src} ({model.format}): {model.node_count} nodes, {model.size_bytes:,} bytes",
-                  highlight=False, markup=False, soft_wrap=True)
-    reference = None
-    if not args.no_verify:
-        from graphopt.verify import reference_outputs
+    if args.config and args.transforms:
+        raise UsageError("give --transforms or --config, not both", where="optimize")
 
-        # The original runs now, before the pipeline: its outputs (one batch) are all verification needs
-        # of it, so the original and optimized graphs never run, or need holding, at the same time.
-        reference = reference_outputs(model, samples=args.sample, allow_unsafe=_allow(args.allow_unsafe_ops))
-    result = pipeline.run(model, keep_going=args.keep_going)
-    del model  # nothing below reads the original: its graph is garbage unless the pipeline kept it unchanged
-    memory.release()
-    render_report(ctx.console, result)
-    verification = None
-    if reference is not None:
-        from graphopt.verify import verify_result
+    def say(line: str) -> None:
+        ctx.err.print(line, highlight=False, markup=False, soft_wrap=True)
 
-        verification = verify_result(reference, result, tolerance=args.tolerance, check=False,
-                                     allow_unsafe=_allow(args.allow_unsafe_ops))
-        del reference
+    def show_verification(verification) -> None:
         for i, line in enumerate(verification.lines()):
             style = ("green" if verification.passed else "bold red") if i == 0 else None
             ctx.console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
-        verification.check()  # raises VerificationError (exit 5) before anything is written
-    written = []
-    if out:
-        path = save(result.model, out, format=fmt, force=args.force)
-        written.append(str(path))
-        ctx.err.print(f"saved {fmt} to {path}: {result.model.node_count} nodes, {result.model.size_bytes:,} bytes",
-                      highlight=False, markup=False, soft_wrap=True)
-    if args.serving_dir:
-        written.append(str(_export(args, result.model, ctx)))
-    if args.report:
-        report = {"source": args.src, "outputs": written, "format": fmt,
-                  "signature": result.model.signature.to_dict(), **result.to_dict(),
-                  "verification": verification.to_dict() if verification else None}
-        Path(args.report).write_text(json.dumps(report, indent=2, default=str))
+
+    optimize(args.src, args.output, transforms=args.transforms, config=args.config, format=args.format,
+             serving_dir=args.serving_dir, version=args.version, warmup=not args.no_warmup, report=args.report,
+             verify=not args.no_verify, tolerance=args.tolerance, sample=args.sample,
+             allow_unsafe=_allow(args.allow_unsafe_ops), keep_going=args.keep_going, force=args.force,
+             signature=args.signature, tags=None if args.tags is None else _names(args.tags) or [],
+             inputs=_names(args.inputs), outputs=_names(args.outputs), host=ctx.host, progress=say,
+             on_pipeline_done=lambda result: render_report(ctx.console, result), on_verified=show_verification)
     return 0
-
-
-def _export(args, model, ctx) -> Path:
-    """Versioned export, plus the session/platform config a pre-optimized model wants beside it."""
-    from graphopt.serving.export import export_versioned
-    from graphopt.serving_config import PLATFORM_CONFIG_FILE, recommended_optimizer
-
-    samples = None
-    if args.sample:
-        from graphopt.verify import load_samples
-
-        samples = load_samples(args.sample, model.signature)
-    optimizer = recommended_optimizer(model)
-    path = export_versioned(model, args.serving_dir, args.version, warmup=not args.no_warmup, samples=samples,
-                            force=args.force, runtime_optimizer=optimizer)
-    ctx.err.print(f"exported version {path.name} to {path} (runtime optimizer: {optimizer}; give TF Serving "
-                  f"--platform_config_file={path / 'assets.extra' / PLATFORM_CONFIG_FILE})",
-                  highlight=False, markup=False, soft_wrap=True)
-    return path

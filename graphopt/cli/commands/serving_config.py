@@ -71,7 +71,7 @@ def run(args, ctx) -> int:
     models = parse_models(args.model, args.version, args.label)
     written = {"models": str(write_model_config(args.output, models))}
     if not args.no_session_config:
-        from graphopt.serving_config import write_serving_config
+        from graphopt.runtime.config import write_serving_config
 
         paths = write_serving_config(args.output, runtime_optimizer=args.runtime_optimizer)
         written.update({k: str(v) for k, v in paths.items()})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+import graphopt_snapshots
 import pytest
 
-import graphopt_snapshots
 from graphopt import function_pass
 from graphopt.errors import PassError
-from graphopt.pipeline import Pipeline
+from graphopt.passes.pipeline import Pipeline
 from graphopt.plugins import Host
 
 
@@ -21,7 +21,7 @@ def _model():
     g = tf.Graph()
     with g.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
-        y = tf.identity(tf.nn.relu(tf.identity(x * tf.add(1.0, 2.0))), name="y")
+        tf.identity(tf.nn.relu(tf.identity(x * tf.add(1.0, 2.0))), name="y")
     return Model(g.as_graph_def(), Signature({"x": TensorSpec("x:0", "float32", (None, 2))},
                                              {"y": TensorSpec("y:0", "float32", (None, 2))}))
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import graphopt_strip_metadata
 import numpy as np
 import pytest
 
-import graphopt_strip_metadata
 from graphopt.errors import UsageError
-from graphopt.pipeline import Pipeline
+from graphopt.passes.pipeline import Pipeline
 from graphopt.plugins import Host
-from graphopt.runtime import run_model
+from graphopt.runtime.session import run_model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def _model():
         a = tf.add(tf.matmul(x, w_read), tf.constant([1.0, 2.0, 3.0], name="b1"), name="a")
         with g.device(None):
             b = tf.add(a, tf.constant([1.0, 2.0, 3.0], name="b2"), name="b")
-        y = tf.nn.relu(b, name="y")
+        tf.nn.relu(b, name="y")
     gd = g.as_graph_def(add_shapes=True)  # _output_shapes on every node, as old exporters wrote
     for node in gd.node:
         if node.op == "MatMul":

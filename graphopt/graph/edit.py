@@ -91,7 +91,7 @@ class GraphEditor:
 
     ``protected`` names nodes that must survive (signature inputs/outputs, init
     ops): :meth:`prune_dead` never removes them. ``weights`` (from
-    :func:`graphopt.stand_ins.strip`) makes the stand-ins in ``graph_def`` read as
+    :func:`graphopt.graph.weightless.strip`) makes the stand-ins in ``graph_def`` read as
     the constants they stand for, so a pass can edit a copy without the weights.
     """
 
@@ -228,7 +228,7 @@ class GraphEditor:
         """The original Const a stand-in stands for (None for any other node)."""
         if self.weights is None or node.op != "Placeholder":
             return None
-        from graphopt.stand_ins import ATTR
+        from graphopt.graph.weightless import ATTR
 
         return self.weights.by_digest.get(node.attr[ATTR].s.decode()) if ATTR in node.attr else None
 

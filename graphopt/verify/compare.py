@@ -25,19 +25,20 @@ be near zero does not turn a 1e-7 wobble into an "error" of 100%.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from graphopt import memory
 from graphopt.errors import GraphoptError, InputError, VerificationError
 from graphopt.model import Model, Signature, node_name
+from graphopt.runtime import memory
 
 if TYPE_CHECKING:  # pragma: no cover
-    from graphopt.pipeline import PipelineResult
+    from graphopt.passes.pipeline import PipelineResult
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
@@ -156,7 +157,7 @@ def table_vocabulary(model: Model) -> list[str]:
 
 def make_inputs(model: Model, *, batch: int = 1, dynamic: int = DEFAULT_DYNAMIC, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs from the signature; string inputs hit the lookup tables' keys when there are any."""
-    from graphopt.runtime import random_inputs
+    from graphopt.runtime.session import random_inputs
 
     sig = model.signature
     vocab = table_vocabulary(model) if any(s.dtype == "string" for s in sig.inputs.values()) else []
@@ -413,7 +414,7 @@ def verification_config() -> Any:
     a 100 MB graph Grappler alone costs ~700 MB and the classic optimizer ~130 MB more while the
     session is made. Pass a ``config`` (e.g. ``runtime.session_config()``) for TF's defaults.
     """
-    from graphopt.runtime import session_config
+    from graphopt.runtime.session import session_config
 
     config = session_config(grappler=False)
     config.graph_options.optimizer_options.opt_level = -1  # L0
@@ -437,7 +438,7 @@ class Reference:
 
 
 def _scan(model: Model, which: str, allow_unsafe: bool | Iterable[str]) -> None:
-    from graphopt.safety import ensure_safe
+    from graphopt.security.scan import ensure_safe
 
     ensure_safe(model.graph_def, allow=allow_unsafe, action=f"run the {which} model for verification",
                 source=model.source)
@@ -461,7 +462,7 @@ def _inputs(original: Model, samples: str | Path | Mapping[str, np.ndarray] | No
 
 
 def _run_original(original: Model, feeds: dict[str, np.ndarray], source: str, config: Any) -> Reference:
-    from graphopt.runtime import Session
+    from graphopt.runtime.session import Session
 
     # The original's GraphDef is left as it was (importing fills default attrs in place): a pipeline may
     # still run on it, and its records (sizes) must not see a graph verification touched.
@@ -476,7 +477,7 @@ def reference_outputs(original: Model, *, samples: str | Path | Mapping[str, np.
     """Run the original model once on the verification inputs (see :func:`verify`) and keep what comparing needs.
 
     Give the result to :func:`verify_result` / :func:`compare` instead of the model. The graph
-    is scanned first (:mod:`graphopt.safety`), as :func:`verify` does.
+    is scanned first (:mod:`graphopt.security.scan`), as :func:`verify` does.
     """
     _scan(original, "original", allow_unsafe)
     feeds, source = _inputs(original, samples, seed, batch, dynamic)
@@ -494,7 +495,7 @@ def verify(original: Model, optimized: Model, *, samples: str | Path | Mapping[s
     given (a user's explicit choice), else ``lossy_tolerance`` (from
     :func:`tolerance_for` of a lossy pipeline), else the lossless default.
     Never raises on a mismatch: call :meth:`VerificationReport.check` for that.
-    Both graphs are scanned first (:mod:`graphopt.safety`): running them executes
+    Both graphs are scanned first (:mod:`graphopt.security.scan`): running them executes
     their ops, so file/Python/network ops are refused unless ``allow_unsafe``.
     The models run one after the other, each session closed and released before
     the next, with :func:`verification_config` unless ``config`` is given.
@@ -530,7 +531,7 @@ def _check_inputs_kept(sig: Signature, optimized: Model) -> None:
 
 
 def _compare(ref: Reference, optimized: Model, tol: Tolerance, config: Any) -> VerificationReport:
-    from graphopt.runtime import Session
+    from graphopt.runtime.session import Session
 
     sig, a_out = ref.signature, ref.outputs
     missing_out = [k for k in sig.outputs if k not in optimized.signature.outputs]

@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphopt.analysis import NodeRow, constant_info, gc_paused, node_table, op_histogram, parse_input, source_of
-from graphopt.graph_bytes import encoded_size
+from graphopt.analysis.stats import NodeRow, constant_info, gc_paused, node_table, op_histogram, parse_input, source_of
+from graphopt.graph.encoding import encoded_size
 from graphopt.model import Model
 
 DIFF_SCHEMA_VERSION = 1

@@ -18,17 +18,18 @@ from __future__ import annotations
 import time
 import tomllib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any
 
-from graphopt import memory, transform_spec
 from graphopt.errors import GraphoptError, PassError, PluginError, UsageError
-from graphopt.graph_check import check_graph
+from graphopt.graph.checks import check_graph
 from graphopt.model import Model
+from graphopt.passes import transform_string as transform_spec
 from graphopt.passes.base import Pass, PassResult
 from graphopt.plugins import BUILTIN_MODULES, Host, default_host
-
+from graphopt.runtime import memory
 
 CONFIG_FILES = ("graphopt.toml", "pyproject.toml")
 
@@ -92,7 +93,7 @@ class Repeat:
         return "{ " + " ".join(_spec_of(s) for s in self.steps) + " }*" + str(self.max_iterations)
 
 
-Step = Union[Pass, Repeat]
+Step = Pass | Repeat
 
 
 def _spec_of(step: Step) -> str:

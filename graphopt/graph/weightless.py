@@ -18,7 +18,7 @@ renamed still finds its value. Only large constants are swapped: small ones
 
 Two more users swap every large constant (``any_reader=True``): graphopt's own
 passes edit a copy with stand-ins and read values through
-:class:`graphopt.graph_edit.GraphEditor` (``weights=``), so only what they
+:class:`graphopt.graph.edit.GraphEditor` (``weights=``), so only what they
 change is new; and verification sessions feed the values (:func:`feeds`) rather
 than embed them, so the session's own copies of the graph hold no weights.
 """
@@ -26,11 +26,12 @@ than embed them, so the session's own copies of the graph hold no weights.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
-from graphopt.graph_bytes import without_nodes
-from graphopt.graph_edit import consumers_map, join_tensor, split_tensor
+from graphopt.graph.edit import consumers_map, join_tensor, split_tensor
+from graphopt.graph.encoding import without_nodes
 
 ATTR = "_graphopt_stand_in"
 MIN_BYTES = 16 * 1024

@@ -7,7 +7,8 @@ SavedModel's main op at load.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -65,13 +66,13 @@ class Session:
         """``add_defaults=False`` leaves ``model.graph_def`` as it was (importing fills its default attrs).
 
         ``feed_weights`` imports the graph with stand-ins for its large constants and feeds their values
-        on every run (:mod:`graphopt.stand_ins`): a session holds about four copies of the graph it runs,
+        on every run (:mod:`graphopt.graph.weightless`): a session holds about four copies of the graph it runs,
         and this way none of them holds the weights. The kernels that run are the same only when no
         graph optimizer runs (``config`` off, as verification's): folding and fusion need constants.
         """
         import tensorflow as tf
 
-        from graphopt import stand_ins
+        from graphopt.graph import weightless as stand_ins
 
         self.model = model
         self.graph = tf.Graph()

@@ -19,8 +19,8 @@ import re
 from typing import Any
 
 from graphopt.errors import PassError, UsageError
-from graphopt.graph_bytes import serialize_graph_def
-from graphopt.graph_check import structural_problems
+from graphopt.graph.checks import structural_problems
+from graphopt.graph.encoding import serialize_graph_def
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model, node_name
 from graphopt.passes.base import Option, Pass, PassResult
@@ -242,7 +242,7 @@ def gtt_step(name: str, args: list[tuple[str, str]]) -> str:
 
     GTT reads bare values of letters, digits, ``-./_`` only, and quoted values
     verbatim (a backslash is kept, not an escape), so this differs from
-    graphopt's :func:`~graphopt.transform_spec.format_step`: ``/device:CPU:0``
+    graphopt's :func:`~graphopt.passes.transform_string.format_step`: ``/device:CPU:0``
     must be quoted for GTT.
     """
     if not args:
@@ -277,7 +277,7 @@ def default_attr_fills(graph_def: Any) -> dict[int, Any]:
     return fills
 
 
-# Transforms that never read the values of weights feeding Conv2D/MatMul/... (graphopt.stand_ins): they
+# Transforms that never read the values of weights feeding Conv2D/MatMul/... (graphopt.graph.weightless): they
 # run on a graph with stand-ins for them. The folds and quantizations read or rewrite weights; rename_op
 # could rename the stand-ins' Placeholder op.
 WEIGHT_BLIND = {"strip_unused_nodes", "remove_attribute", "remove_nodes", "merge_duplicate_nodes", "fold_constants",
@@ -313,7 +313,7 @@ def native_preconditions(graph_def: Any, names: list[str], *, importable: bool =
     if importable and not problems:
         import tensorflow as tf
 
-        from graphopt.graph_check import skeleton
+        from graphopt.graph.checks import skeleton
 
         try:
             with tf.Graph().as_default():
@@ -352,7 +352,7 @@ class NativeTransform(Pass):
     def run(self, model: Model) -> PassResult:
         if self.native_name not in WEIGHT_BLIND:
             return self._run(model)
-        from graphopt import stand_ins
+        from graphopt.graph import weightless as stand_ins
 
         # GTT copies the graph 5-12 times; without the weights it never reads, those copies are small.
         light, weights = stand_ins.strip(model.graph_def, model.protected_nodes)
@@ -370,7 +370,7 @@ class NativeTransform(Pass):
         if self.native_name == "fold_constants":
             # Constant folding *executes* what it folds: a ReadFile of a constant path would read the file on
             # this machine and bake its bytes into the model (measured). Never fold ops that reach outside.
-            from graphopt.safety import scan
+            from graphopt.security.scan import scan
 
             for op in sorted({f.op for f in scan(model.graph_def)}):
                 if ("exclude_op", op) not in args:
@@ -380,7 +380,7 @@ class NativeTransform(Pass):
         inputs = ",".join(sig.input_nodes)
         if self.native_name == "fold_constants":
             # TF's constant folding evaluates any Placeholder it is not told is an input: name the stand-ins.
-            from graphopt.stand_ins import ATTR
+            from graphopt.graph.weightless import ATTR
 
             inputs = ",".join([*sig.input_nodes, *(n.name for n in model.graph_def.node if ATTR in n.attr)])
         # Init ops are outputs too: strip_unused_nodes and the like drop whatever outputs do not reach.

@@ -19,13 +19,14 @@ import contextlib
 import gc
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
-from graphopt.graph_bytes import encoded_size
+from graphopt.graph.encoding import encoded_size
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model
-from graphopt.safety import scan as scan_unsafe
+from graphopt.security.scan import scan as scan_unsafe
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
@@ -249,7 +250,7 @@ class GraphStats:
     signature: dict[str, Any] | None = None
     source: str | None = None
     format: str | None = None
-    # ops that reach outside the process (graphopt.safety.scan): {node, op, reason, function}
+    # ops that reach outside the process (graphopt.security.scan.scan): {node, op, reason, function}
     unsafe_ops: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -338,7 +339,7 @@ def analyze(source: Model | Any, *, graph: GraphModel | None = None, largest: in
     """Statistics of a :class:`Model` or a bare ``GraphDef`` (inputs/outputs then inferred).
 
     ``size_bytes`` passes a serialized size already known (the pipeline measures it
-    for every pass); otherwise it is summed node by node (:func:`graphopt.graph_bytes.encoded_size`:
+    for every pass); otherwise it is summed node by node (:func:`graphopt.graph.encoding.encoded_size`:
     with the upb protobuf runtime ``ByteSize()`` serializes the whole graph).
     """
     with gc_paused():

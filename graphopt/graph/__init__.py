@@ -1,0 +1,1 @@
+"""GraphDef plumbing every pass shares: tensor names, editing, encoding, validity checks, default attrs, weightless copies."""

@@ -1,0 +1,1 @@
+"""Running a frozen model as TF Serving runs it: sessions, the one session/platform config builder, memory release."""
