@@ -6,12 +6,12 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PLUGINS = $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 $(BIN)/graphopt: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]' -e plugins/graphopt-snapshots -e plugins/graphopt-strip-metadata
+	$(BIN)/pip install --quiet -e '.[test,lint]' $(foreach p,$(dir $(PLUGINS)),-e $(p))
 	touch $@
 
 setup: $(BIN)/graphopt
@@ -21,6 +21,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff (style, no print outside the CLI, no module-level TensorFlow imports) and mypy on graphopt/.
+lint: setup
+	$(BIN)/ruff check graphopt plugins tests benchmarks examples docs
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -14,8 +14,12 @@ from graphopt.hookspecs import hookimpl
 PASS_MODULES = [
     "graphopt.passes.batch_norm",
     "graphopt.passes.debug_ops",
+    "graphopt.passes.pad_conv",
     "graphopt.passes.precision",
     "graphopt.passes.grappler",
+    "graphopt.passes.inline",
+    "graphopt.passes.grouped_conv",
+    "graphopt.passes.shapes",
 ]
 
 COMMAND_MODULES = {
@@ -28,6 +32,7 @@ COMMAND_MODULES = {
     "serving-config": "graphopt.cli.commands.serving_config",
     "inspect": "graphopt.cli.commands.inspect",
     "diff": "graphopt.cli.commands.diff",
+    "explain": "graphopt.cli.commands.explain",
     "bench": "graphopt.cli.commands.bench",
 }
 
@@ -55,20 +60,28 @@ PRESETS = [
 
 
 @hookimpl
-def register_passes(register):
+def graphopt_register_passes(register):
     for module_name in PASS_MODULES:
         for cls in importlib.import_module(module_name).PASSES:
             register(cls)
 
 
 @hookimpl
-def register_presets(register):
+def graphopt_register_presets(register):
     for name, transforms, description, lossy in PRESETS:
         register(name, transforms, description, lossy=lossy)
 
 
 @hookimpl
-def register_commands(register):
+def graphopt_register_targets(register):
+    # TF Serving is a target like any plugin's (graphopt/targets/tfserving.py), and the default one.
+    from graphopt.targets.tfserving import TFServingTarget
+
+    register(TFServingTarget)
+
+
+@hookimpl
+def graphopt_register_commands(register):
     for name, module_name in COMMAND_MODULES.items():
         module = importlib.import_module(module_name)
         register(name, module.HELP, module.configure, module.run)

@@ -1,13 +1,15 @@
 """graphopt's hooks, grouped by phase. A plugin implements any of them with ``@graphopt.hookimpl``.
 
-Registration hooks receive a ``register`` callback, so a plugin says what it
-adds in one call per thing. Run hooks see the pipeline and each pass as they
-run; they observe, they may raise to stop the run, and ``graphopt_run_pass``
-may be wrapped (``@hookimpl(wrapper=True)``) to change what a pass does.
-Plugins are found through the ``graphopt`` entry-point group. docs/hooks.md is
-the reference with examples.
-Built-in passes, presets and commands are registered through these same hooks
-(``graphopt/builtin.py``).
+Every hook is named ``graphopt_*``. Registration hooks receive a ``register``
+callback, so a plugin says what it adds in one call per thing. Run hooks see the
+pipeline and each pass as they run; they observe, they may raise to stop the
+run, and ``graphopt_run_pass`` / ``graphopt_run_pipeline`` may be wrapped
+(``@hookimpl(wrapper=True)``) to change what a pass or a run does. Plugins are
+found through the ``graphopt`` entry-point group. These docstrings are the
+reference: docs/hooks.md's hook sections are generated from them
+(``python docs/hooks_reference.py``, checked by tests/test_docs.py).
+Built-in passes, presets, targets and commands are registered through these same
+hooks (``graphopt/builtin.py``, ``graphopt/passes/gtt.py``).
 """
 
 from __future__ import annotations
@@ -21,47 +23,84 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphopt.model import Model
     from graphopt.passes.base import Pass, PassResult
     from graphopt.passes.pipeline import Pipeline, PipelineResult, RunContext
+    from graphopt.targets.base import Target
 
 hookspec = pluggy.HookspecMarker("graphopt")
 hookimpl = pluggy.HookimplMarker("graphopt")
 
 
 # --- registration ------------------------------------------------------------------
+# Every registration hook receives a ``register`` callback: a plugin says what it adds in one call per
+# thing. They run once per host (each CLI call, each ``Host.create()``), each plugin on its own: a hook
+# that raises, or a name already taken, drops that whole plugin (recorded in ``graphopt plugins``) and
+# the others load as if it were not installed.
 
 
 @hookspec
-def register_passes(register: Callable[[type["Pass"]], None]) -> None:
+def graphopt_register_passes(register: Callable[[type[Pass]], None]) -> None:
     """Register pass classes: call ``register(PassClass)`` once for each.
 
-    Runs once when the plugin host starts (every CLI call, every ``Host.create()``),
-    before anything is parsed. ``PassClass`` is a :class:`~graphopt.Pass` subclass
-    or a ``@function_pass`` function. Names must be unique across native,
-    built-in and plugin passes and presets; a clash, or this hook raising, drops
-    the whole plugin (recorded in ``graphopt plugins``) and the others still load.
+    Runs first, before anything is parsed. ``PassClass`` is a :class:`~graphopt.Pass` subclass
+    or a ``@function_pass`` function (docs/writing-a-pass.md). Names must be unique across native,
+    built-in and plugin passes and presets.
     """
 
 
 @hookspec
-def register_presets(register: Callable[..., None]) -> None:
-    """Register named pipelines: ``register(name, transforms, description, lossy=False)``.
+def graphopt_register_presets(register: Callable[..., None]) -> None:
+    """Register named pipelines: ``register(name, transforms, description="", lossy=False)``.
 
-    Runs once at start-up, after ``register_passes``. ``transforms`` is a
-    transform string (checked for syntax here, for pass names when used);
-    presets are usable wherever a pass name is, and may name other presets.
-    ``lossy=True`` marks a preset whose outputs differ on purpose (fp16, int8).
+    Runs after every plugin's ``graphopt_register_passes``. ``transforms`` is a transform string
+    (its syntax is checked here, its pass names when it is used). Presets are usable wherever a
+    pass name is, may name other presets and take no arguments. ``lossy=True`` marks a preset
+    whose outputs differ on purpose (fp16, int8).
     """
 
 
 @hookspec
-def register_commands(register: Callable[..., None]) -> None:
+def graphopt_register_targets(register: Callable[[type[Target]], None]) -> None:
+    """Register runtime targets: call ``register(TargetClass)`` once for each.
+
+    A target turns an optimized model into a runtime's form, runs it for verification and
+    benchmarks, writes the runtime server's model repository and serves it in ``graphopt serve``
+    (docs/writing-a-target.md). Names must be unique across targets.
+    """
+
+
+@hookspec
+def graphopt_register_commands(register: Callable[..., None]) -> None:
     """Register CLI sub-commands: ``register(name, help, configure, run)``.
 
-    Runs once when ``graphopt`` starts, before its arguments are parsed.
-    ``configure(parser)`` adds arguments to an ``argparse`` sub-parser;
-    ``run(args, ctx) -> int`` does the work and returns an exit code. Only CLI
-    code prints; ``ctx.console`` is the stdout console, ``ctx.err`` stderr,
-    ``ctx.host`` the plugin host. Keep module imports light: ``--help`` must stay instant.
+    Runs when ``graphopt`` starts, before its arguments are parsed. ``configure(parser)`` adds
+    arguments to an argparse sub-parser; ``run(args, ctx) -> int`` does the work and returns an
+    exit code. Only command code prints: ``ctx.console`` is the stdout console, ``ctx.err``
+    stderr, ``ctx.host`` the plugin host; raise ``graphopt.errors.*`` for failures. Keep module
+    imports light: ``--help`` must stay instant.
     """
+
+
+# Deprecated aliases (the names before 0.2), honoured until 1.0: each is called exactly like the
+# hook it names, right after it, and what it registers lands in the same tables.
+DEPRECATED_ALIASES = {
+    "register_passes": "graphopt_register_passes",
+    "register_presets": "graphopt_register_presets",
+    "register_commands": "graphopt_register_commands",
+}
+
+
+@hookspec(warn_on_impl=DeprecationWarning("register_passes is deprecated: use graphopt_register_passes"))
+def register_passes(register: Callable[[type[Pass]], None]) -> None:
+    """Deprecated alias of ``graphopt_register_passes`` (until 1.0)."""
+
+
+@hookspec(warn_on_impl=DeprecationWarning("register_presets is deprecated: use graphopt_register_presets"))
+def register_presets(register: Callable[..., None]) -> None:
+    """Deprecated alias of ``graphopt_register_presets`` (until 1.0)."""
+
+
+@hookspec(warn_on_impl=DeprecationWarning("register_commands is deprecated: use graphopt_register_commands"))
+def register_commands(register: Callable[..., None]) -> None:
+    """Deprecated alias of ``graphopt_register_commands`` (until 1.0)."""
 
 
 # --- pipeline run -------------------------------------------------------------------

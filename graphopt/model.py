@@ -20,21 +20,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from tensorflow.core.framework.graph_pb2 import GraphDef
 
+from graphopt.graph.names import node_name, tensor_name  # noqa: E402,F401 - part of this module's API since 0.1
+
 PREDICT_METHOD = "tensorflow/serving/predict"
 DEFAULT_SIGNATURE = "serving_default"
-
-
-def node_name(tensor_name: str) -> str:
-    """``"scope/op:1"`` -> ``"scope/op"``; ``"^ctrl"`` -> ``"ctrl"``."""
-    name = tensor_name[1:] if tensor_name.startswith("^") else tensor_name
-    head, sep, port = name.rpartition(":")
-    return head if sep and port.isdigit() else name
-
-
-def tensor_name(name: str) -> str:
-    """Normalise a node or tensor name to a tensor name: ``"op"`` -> ``"op:0"``."""
-    head, sep, port = name.rpartition(":")
-    return name if sep and port.isdigit() else f"{name}:0"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ for graphopt's own passes) are always loaded, through the same hooks.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import os
 import re
@@ -24,24 +25,29 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
 from graphopt import hookspecs
 from graphopt.errors import GraphoptError, PluginError, UsageError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from graphopt.passes.base import Pass
+    from graphopt.targets.base import Target
+
 ENTRY_POINT_GROUP = "graphopt"
 ENV_NO_PLUGINS = "GRAPHOPT_NO_PLUGINS"
 ENV_ALLOW = "GRAPHOPT_PLUGINS"
-BUILTIN_MODULES = {"graphopt.passes.gtt": "native", "graphopt.builtin": "builtin"}
+OriginKind = Literal["native", "builtin", "plugin"]
+BUILTIN_MODULES: dict[str, OriginKind] = {"graphopt.passes.gtt": "native", "graphopt.builtin": "builtin"}
 
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a pass, preset or command came from: ``native``, ``builtin`` or a plugin distribution."""
+    """Where a pass, preset, target or command came from: ``native``, ``builtin`` or a plugin distribution."""
 
-    kind: str  # "native" | "builtin" | "plugin"
+    kind: OriginKind
     plugin: str
     distribution: str | None = None
     version: str | None = None
@@ -74,7 +80,7 @@ class PluginFailure:
 
 @dataclass
 class PassInfo:
-    cls: type
+    cls: type[Pass]
     origin: Origin
 
     @property
@@ -92,6 +98,16 @@ class PresetInfo:
 
 
 @dataclass
+class TargetInfo:
+    cls: type[Target]
+    origin: Origin
+
+    @property
+    def name(self) -> str:
+        return str(self.cls.name)
+
+
+@dataclass
 class CommandInfo:
     name: str
     help: str
@@ -102,10 +118,11 @@ class CommandInfo:
 
 @dataclass
 class Registry:
-    """Every pass, preset and command the loaded plugins registered, by name."""
+    """Every pass, preset, target and command the loaded plugins registered, by name."""
 
     passes: dict[str, PassInfo] = field(default_factory=dict)
     presets: dict[str, PresetInfo] = field(default_factory=dict)
+    targets: dict[str, TargetInfo] = field(default_factory=dict)
     commands: dict[str, CommandInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
 
@@ -154,6 +171,10 @@ class _Manager(pluggy.PluginManager):
 
     def origin_of(self, plugin_name: str) -> Origin:
         return self.origins.get(plugin_name) or Origin("plugin", plugin_name)
+
+
+def _identity(obj: Any) -> Any:
+    return obj
 
 
 def _normalize(name: str) -> str:
@@ -208,7 +229,7 @@ def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None =
         version = dist.version if dist is not None else None
         candidates.append((ep.name, ep.load, dist_name, version))
     for name, obj in extra or []:
-        candidates.append((name, lambda obj=obj: obj, None, None))
+        candidates.append((name, functools.partial(_identity, obj), None, None))
     for name, load, dist_name, version in candidates:
         keys = {_normalize(name)} | ({_normalize(dist_name)} if dist_name else set())
         if allowed is not None and not keys & allowed:
@@ -236,7 +257,84 @@ def get_plugin_manager(*, plugins: bool | None = None, allow: list[str] | None =
     return pm
 
 
-_REGISTRATION_HOOKS = ("register_passes", "register_presets", "register_commands")
+@dataclass(frozen=True)
+class _Table:
+    """One kind of registered thing: the hook (and its deprecated alias) that fills a Registry table."""
+
+    hook: str
+    table: str
+    # (name-owner lookup, origin, staged registry) -> the ``register`` callback the hook receives
+    registrar: Callable[[Callable[[str, str], Origin | None], Origin, Registry], Callable[..., None]]
+
+
+def _clash(kind: str, name: str, first: Origin, second: Origin) -> PluginError:
+    return PluginError(f"{kind} '{name}' is registered twice: by {first} and by {second}",
+                       where=f"plugin {second}", hint="uninstall one of the two, or use --plugins to choose")
+
+
+def _pass_registrar(owner: Callable[[str, str], Origin | None], origin: Origin,
+                    staged: Registry) -> Callable[..., None]:
+    def register_pass(cls: type) -> None:
+        from graphopt.passes.base import Pass
+
+        name = getattr(cls, "name", "")
+        if not isinstance(cls, type) or not issubclass(cls, Pass) or not isinstance(name, str) or not name:
+            raise PluginError(f"{cls!r} is not a pass class with a name", where=f"plugin {origin}",
+                              hint="register Pass subclasses (or @function_pass functions) with 'name' set")
+        first = owner("passes", name) or owner("presets", name)
+        if first is not None:
+            raise _clash("pass", name, first, origin)
+        staged.passes[name] = PassInfo(cls, origin)
+    return register_pass
+
+
+def _preset_registrar(owner: Callable[[str, str], Origin | None], origin: Origin,
+                      staged: Registry) -> Callable[..., None]:
+    def register_preset(name: str, transforms: str, description: str = "", lossy: bool = False) -> None:
+        first = owner("presets", name) or owner("passes", name)
+        if first is not None:
+            raise _clash("preset", name, first, origin)
+        from graphopt.passes import transform_string
+
+        transform_string.parse(transforms)  # a preset must at least be a valid transform string
+        staged.presets[name] = PresetInfo(name, transforms, description, origin, lossy)
+    return register_preset
+
+
+def _target_registrar(owner: Callable[[str, str], Origin | None], origin: Origin,
+                      staged: Registry) -> Callable[..., None]:
+    def register_target(cls: type) -> None:
+        name = getattr(cls, "name", "")
+        if not isinstance(cls, type) or not isinstance(name, str) or not name:
+            raise PluginError(f"{cls!r} is not a target class with a name", where=f"plugin {origin}",
+                              hint="register graphopt.targets.Target subclasses with 'name' set")
+        first = owner("targets", name)
+        if first is not None:
+            raise _clash("target", name, first, origin)
+        staged.targets[name] = TargetInfo(cls, origin)
+    return register_target
+
+
+def _command_registrar(owner: Callable[[str, str], Origin | None], origin: Origin,
+                       staged: Registry) -> Callable[..., None]:
+    def register_command(name: str, help: str, configure: Callable[..., None], run: Callable[..., int]) -> None:
+        first = owner("commands", name)
+        if first is not None:
+            raise _clash("command", name, first, origin)
+        staged.commands[name] = CommandInfo(name, help, configure, run, origin)
+    return register_command
+
+
+# In this order: presets are parsed against the passes registered before them.
+_TABLES = (
+    _Table("graphopt_register_passes", "passes", _pass_registrar),
+    _Table("graphopt_register_presets", "presets", _preset_registrar),
+    _Table("graphopt_register_targets", "targets", _target_registrar),
+    _Table("graphopt_register_commands", "commands", _command_registrar),
+)
+_ALIASES: dict[str, tuple[str, ...]] = {}
+for _old, _new in hookspecs.DEPRECATED_ALIASES.items():
+    _ALIASES[_new] = (*_ALIASES.get(_new, ()), _old)
 
 
 def build_registry(pm: _Manager) -> Registry:
@@ -247,82 +345,47 @@ def build_registry(pm: _Manager) -> Registry:
     is recorded in ``failures`` and unregistered entirely (its run hooks too),
     and the others load as if it were not installed. A built-in whose hook raises
     (a bug) keeps what it registered before the failure, which is recorded too.
+    Hooks are called through pluggy, one plugin at a time (``subset_hook_caller``).
     """
     registry = Registry(failures=list(pm.failures))
-
-    def clash(kind: str, name: str, first: Origin, second: Origin) -> PluginError:
-        return PluginError(f"{kind} '{name}' is registered twice: by {first} and by {second}",
-                           where=f"plugin {second}", hint="uninstall one of the two, or use --plugins to choose")
-
     broken: list[str] = []
-    for plugin_name, _plugin in list(pm.list_name_plugin()):
+    plugins = list(pm.list_name_plugin())
+    for plugin_name, _plugin in plugins:
         origin = pm.origin_of(plugin_name)
         staged = Registry()
-        try:
-            for hook_name in _REGISTRATION_HOOKS:
-                for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                    if impl.plugin_name != plugin_name or impl.wrapper or impl.hookwrapper:
-                        continue
-                    impl.function(*[_registrar(hook_name, origin, registry, staged, clash)
-                                    for _ in impl.argnames])
-        except Exception as exc:
-            failure = PluginFailure(origin.plugin, origin.distribution, origin.version,
-                                    f"{hook_name} raised {type(exc).__name__}: {exc}", traceback.format_exc())
-            registry.failures.append(failure)
-            if origin.kind == "plugin":
-                broken.append(plugin_name)
-                continue
-            # A built-in failing is a bug, but one broken command module must not take passes and the
-            # other commands with it: keep what registered, and let the CLI warn about the rest.
-        registry.passes.update(staged.passes)
-        registry.presets.update(staged.presets)
-        registry.commands.update(staged.commands)
+        others = [p for n, p in plugins if n != plugin_name]
+
+        def owner(table: str, name: str, staged: Registry = staged) -> Origin | None:
+            for reg in (registry, staged):
+                info = getattr(reg, table).get(name)
+                if info is not None:
+                    return info.origin
+            return None
+
+        failed = False
+        for table in _TABLES:
+            register = table.registrar(owner, origin, staged)
+            for hook_name in (table.hook, *_ALIASES.get(table.hook, ())):
+                try:
+                    pm.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
+                except Exception as exc:
+                    registry.failures.append(PluginFailure(
+                        origin.plugin, origin.distribution, origin.version,
+                        f"{hook_name} raised {type(exc).__name__}: {exc}", traceback.format_exc()))
+                    failed = True
+                    break
+            # A plugin is all or nothing. A built-in failing is a bug, but one broken module must not take
+            # the other tables (every command, say) with it: keep what registered, the CLI warns about the rest.
+            if failed and origin.kind == "plugin":
+                break
+        if failed and origin.kind == "plugin":
+            broken.append(plugin_name)
+            continue
+        for table in _TABLES:
+            getattr(registry, table.table).update(getattr(staged, table.table))
     for plugin_name in broken:
         pm.unregister(name=plugin_name)
     return registry
-
-
-def _registrar(hook_name: str, origin: Origin, registry: Registry, staged: Registry,
-               clash: Callable[..., PluginError]) -> Callable[..., None]:
-    """The ``register`` callback one plugin's registration hook receives."""
-
-    def owner(table: str, name: str) -> Origin | None:
-        for reg in (registry, staged):
-            info = getattr(reg, table).get(name)
-            if info is not None:
-                return info.origin
-        return None
-
-    if hook_name == "register_passes":
-        def register_pass(cls: type) -> None:
-            from graphopt.passes.base import Pass
-
-            name = getattr(cls, "name", "")
-            if not isinstance(cls, type) or not issubclass(cls, Pass) or not isinstance(name, str) or not name:
-                raise PluginError(f"{cls!r} is not a pass class with a name", where=f"plugin {origin}",
-                                  hint="register Pass subclasses (or @function_pass functions) with 'name' set")
-            first = owner("passes", name) or owner("presets", name)
-            if first is not None:
-                raise clash("pass", name, first, origin)
-            staged.passes[name] = PassInfo(cls, origin)
-        return register_pass
-    if hook_name == "register_presets":
-        def register_preset(name: str, transforms: str, description: str = "", lossy: bool = False) -> None:
-            first = owner("presets", name) or owner("passes", name)
-            if first is not None:
-                raise clash("preset", name, first, origin)
-            from graphopt.passes import transform_string as transform_spec
-
-            transform_spec.parse(transforms)  # a preset must at least be a valid transform string
-            staged.presets[name] = PresetInfo(name, transforms, description, origin, lossy)
-        return register_preset
-
-    def register_command(name: str, help: str, configure: Callable[..., None], run: Callable[..., int]) -> None:
-        first = owner("commands", name)
-        if first is not None:
-            raise clash("command", name, first, origin)
-        staged.commands[name] = CommandInfo(name, help, configure, run, origin)
-    return register_command
 
 
 def plugin_summaries(pm: _Manager) -> list[dict[str, Any]]:

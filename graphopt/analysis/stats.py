@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from graphopt.graph.encoding import encoded_size
+from graphopt.graph.names import parse_input, source_of
 from graphopt.hookspecs import hookimpl
 from graphopt.model import Model
 from graphopt.security.scan import scan as scan_unsafe
@@ -36,22 +37,6 @@ LARGEST_CONSTANTS = 10
 # Ops whose output a frozen graph treats as learned weights when counting parameters.
 _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 MISSING_OP = "<missing>"  # a node some input names but the graph does not define
-
-
-def parse_input(text: str) -> tuple[str, int | str, bool]:
-    """``"a:1"`` -> ``("a", 1, False)``; ``"^a"`` -> ``("a", -1, True)``; function refs keep ``"out:0"`` ports."""
-    if text.startswith("^"):
-        return text[1:], -1, True
-    head, sep, port = text.rpartition(":")
-    if not sep:
-        return text, 0, False
-    if port.isdigit():
-        # "node:out_arg:2" inside a function body: the node is before the first colon.
-        node, sep2, out_arg = head.partition(":")
-        if sep2:
-            return node, f"{out_arg}:{port}", False
-        return head, int(port), False
-    return text, 0, False
 
 
 @dataclass
@@ -77,13 +62,6 @@ def gc_paused():
     finally:
         if was_enabled:
             gc.enable()
-
-
-def source_of(text: str) -> str:
-    """The node an input reference reads: ``"^a"``, ``"a:1"``, ``"a"`` and ``"a:out:0"`` -> ``"a"``."""
-    if text[:1] == "^":
-        text = text[1:]
-    return text.partition(":")[0] if ":" in text else text
 
 
 NodeRow = tuple  # (name, op, device, inputs): a NodeDef's fields read once (proto access dominates big graphs)
@@ -247,10 +225,14 @@ class GraphStats:
     longest_path: int | None
     functions: dict[str, int]
     largest_constants: list[ConstantInfo]
+    # Ops inside each library function, and nodes/ops of the main graph and every function together.
+    function_ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    total_nodes: int = 0
+    total_ops: dict[str, int] = field(default_factory=dict)
     signature: dict[str, Any] | None = None
     source: str | None = None
     format: str | None = None
-    # ops that reach outside the process (graphopt.security.scan.scan): {node, op, reason, function}
+    # ops not on the allowlist (graphopt.security.scan.scan): {node, op, reason, function, nested}
     unsafe_ops: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -278,6 +260,8 @@ class GraphStats:
             "longest_path": self.longest_path,
             "num_functions": self.num_functions,
             "functions": dict(self.functions),
+            "function_ops": {name: dict(ops) for name, ops in self.function_ops.items()},
+            "total": {"nodes": self.total_nodes, "ops": dict(self.total_ops)},
             "largest_constants": [c.to_dict() for c in self.largest_constants],
             "unsafe_ops": [dict(u) for u in self.unsafe_ops],
         }
@@ -383,9 +367,15 @@ def _analyze(source: Any, graph: GraphModel | None, largest: int, size_bytes: in
     reach = reachable_to(g, roots)
     unreachable = sorted(r[0] for r in rows if r[0] not in reach)
     longest = longest_path_length(g)
+    ops = op_histogram(graph_def, rows=rows)
+    function_ops = {f.signature.name: op_histogram(None, rows=node_table(f.node_def))
+                    for f in sorted(graph_def.library.function, key=lambda f: f.signature.name)}
+    total: Counter = Counter(ops)
+    for fn_ops in function_ops.values():
+        total.update(fn_ops)
     return GraphStats(
         nodes=len(rows),
-        ops=op_histogram(graph_def, rows=rows),
+        ops=ops,
         size_bytes=encoded_size(graph_def) if size_bytes is None else size_bytes,
         const_bytes=sum(by_dtype.values()),
         const_bytes_by_dtype=dict(sorted(by_dtype.items(), key=lambda kv: -kv[1])),
@@ -400,6 +390,9 @@ def _analyze(source: Any, graph: GraphModel | None, largest: int, size_bytes: in
         longest_path=longest,
         functions={name: fg.number_of_nodes() for name, fg in sorted(gm.functions.items())},
         largest_constants=consts_sorted[:largest],
+        function_ops=function_ops,
+        total_nodes=sum(total.values()),
+        total_ops=dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))),
         signature=model.signature.to_dict() if model else None,
         source=model.source if model else None,
         format=model.format if model else None,

@@ -30,8 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphopt.graph.edit import consumers_map, join_tensor, split_tensor
+from graphopt.graph.edit import consumers_map
 from graphopt.graph.encoding import without_nodes
+from graphopt.graph.names import join_tensor, split_tensor
 
 ATTR = "_graphopt_stand_in"
 MIN_BYTES = 16 * 1024
@@ -55,6 +56,12 @@ class Weights:
 
     def __len__(self) -> int:
         return len(self.by_digest)
+
+    def original_of(self, node: Any) -> Any:
+        """The original Const that ``node`` stands in for, or None when it is not one of these stand-ins."""
+        if node.op != "Placeholder" or ATTR not in node.attr:
+            return None
+        return self.by_digest.get(node.attr[ATTR].s.decode())
 
 
 def _data_readers(graph_def: Any) -> dict[str, list[Any]]:

@@ -25,34 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.graph.edit import unused_name
-from graphopt.model import Model, node_name
+from graphopt.graph.edit import GraphEditor
+from graphopt.model import Model
 from graphopt.passes.base import Option, Pass, PassResult
 
 # Ops whose reading is transparent for "which op consumes this weight".
 _PASS_THROUGH = {"Identity", "IdentityN", "Snapshot", "StopGradient", "PreventGradient"}
 _FP16_MAX = float(np.finfo(np.float16).max)
-
-
-def _consumers(graph_def) -> dict[str, list[tuple[Any, int]]]:
-    """node name -> [(consumer node, input index)] for data inputs."""
-    out: dict[str, list[tuple[Any, int]]] = {}
-    for node in graph_def.node:
-        for i, inp in enumerate(node.input):
-            if not inp.startswith("^"):
-                out.setdefault(node_name(inp), []).append((node, i))
-    return out
-
-
-def _real_consumers(name: str, consumers: dict[str, list[tuple[Any, int]]], depth: int = 0) -> list[tuple[Any, int]]:
-    # Frozen TF2 graphs read every weight through Identity (the old ReadVariableOp).
-    found: list[tuple[Any, int]] = []
-    for node, index in consumers.get(name, []):
-        if node.op in _PASS_THROUGH and depth < 8:
-            found.extend(_real_consumers(node.name, consumers, depth + 1))
-        else:
-            found.append((node, index))
-    return found
 
 
 def channel_axes(shape: tuple[int, ...], readers: list[tuple[Any, int]]) -> tuple[int, ...] | None:
@@ -88,6 +67,34 @@ def channel_axes(shape: tuple[int, ...], readers: list[tuple[Any, int]]) -> tupl
     return choices.pop()
 
 
+def _real_consumers(editor: GraphEditor, name: str, depth: int = 0) -> list[tuple[Any, int]]:
+    """Who reads a weight, looking through pass-through ops: frozen TF2 graphs read every weight
+    through an Identity (the old ReadVariableOp)."""
+    found: list[tuple[Any, int]] = []
+    for node, index in editor.data_consumers(name):
+        if node.op in _PASS_THROUGH and depth < 8:
+            found.extend(_real_consumers(editor, node.name, depth + 1))
+        else:
+            found.append((node, index))
+    return found
+
+
+def _attrs(**values: int | bool) -> dict[str, Any]:
+    from tensorflow.core.framework.attr_value_pb2 import AttrValue
+
+    return {k: AttrValue(b=v) if isinstance(v, bool) else AttrValue(type=v) for k, v in values.items()}
+
+
+def _add_const(editor: GraphEditor, base: str, array: np.ndarray, like: Any) -> str:
+    # A Const inside a TF1 while loop has a control input that puts it in the loop's frame; its
+    # replacements need the same, or the loop reads a tensor from outside its frame.
+    name = editor.add_const(base, array, device=like.device)
+    controls = editor.control_inputs(like)
+    if controls:
+        editor.add_control_inputs(editor.nodes[name], controls)
+    return name
+
+
 def _float_consts(graph_def, protected: set[str], minimum_size: int):
     """(node, array) for every float32 Const with at least ``minimum_size`` elements, not protected."""
     from tensorflow.python.framework import tensor_util
@@ -100,35 +107,6 @@ def _float_consts(graph_def, protected: set[str], minimum_size: int):
         if size < max(1, minimum_size):
             continue
         yield node, tensor_util.MakeNdarray(node.attr["value"].tensor)
-
-
-def _control_inputs(node) -> list[str]:
-    # A Const inside a TF1 while loop has a control input that puts it in the loop's frame; its
-    # replacements need the same, or the loop reads a tensor from outside its frame.
-    return [i for i in node.input if i.startswith("^")]
-
-
-def _const(name: str, array: np.ndarray, device: str, control: list[str] = ()):
-    from tensorflow.core.framework import node_def_pb2
-    from tensorflow.python.framework import dtypes, tensor_util
-
-    node = node_def_pb2.NodeDef(name=name, op="Const", device=device, input=list(control))
-    node.attr["dtype"].type = dtypes.as_dtype(array.dtype).as_datatype_enum
-    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(array))
-    return node
-
-
-def _turn_into(node, op: str, inputs: list[str], attrs: dict[str, Any]) -> None:
-    """Rewrite ``node`` in place (keeping name and device) as ``op(inputs)``."""
-    name, device = node.name, node.device
-    node.Clear()
-    node.name, node.op, node.device = name, op, device
-    node.input.extend(inputs)
-    for key, value in attrs.items():
-        if isinstance(value, bool):
-            node.attr[key].b = value
-        else:
-            node.attr[key].type = value
 
 
 def _stored_as(model: Model, graph_def: Any, storage: str, converted: int) -> Model:
@@ -154,8 +132,7 @@ class WeightsToFp16(Pass):
 
     def run(self, model: Model) -> PassResult:
         gd = model.graph_def
-        names = {n.name for n in gd.node}
-        new_nodes = []
+        editor = GraphEditor(gd, model.protected_nodes)
         converted = skipped = 0
         bytes_saved = 0
         max_err = 0.0
@@ -169,14 +146,12 @@ class WeightsToFp16(Pass):
             if scale > 0:
                 max_err = max(max_err, float(np.abs(half.astype(np.float32) - w).max() / scale))
             before = node.ByteSize()
-            control = _control_inputs(node)
-            const_name = unused_name(f"{node.name}/fp16", names)
-            const = _const(const_name, half, node.device, control)
-            _turn_into(node, "Cast", [const_name], {"SrcT": 19, "DstT": 1, "Truncate": False})  # half -> float
-            new_nodes.append(const)
-            bytes_saved += before - node.ByteSize() - const.ByteSize()
+            const_name = _add_const(editor, f"{node.name}/fp16", half, node)
+            editor.replace_node(node, "Cast", [const_name],
+                                _attrs(SrcT=19, DstT=1, Truncate=False))  # half -> float
+            bytes_saved += before - node.ByteSize() - editor.nodes[const_name].ByteSize()
             converted += 1
-        gd.node.extend(new_nodes)
+        gd = editor.commit()
         counters = {"converted": converted, "skipped_nonfinite_or_range": skipped, "bytes_saved": bytes_saved,
                     "max_relative_weight_error": float(f"{max_err:.3g}")}
         notes = [f"max weight error {max_err:.2e} of each tensor's largest magnitude"] if converted else []
@@ -226,9 +201,7 @@ class WeightsToInt8(Pass):
 
     def run(self, model: Model) -> PassResult:
         gd = model.graph_def
-        names = {n.name for n in gd.node}
-        consumers = _consumers(gd)
-        new_nodes = []
+        editor = GraphEditor(gd, model.protected_nodes)
         counters: dict[str, int | float] = {"converted": 0, "per_channel": 0, "per_tensor": 0, "zero_tensors": 0,
                                             "skipped_nonfinite": 0, "bytes_saved": 0, "max_relative_weight_error": 0.0}
         for node, w in list(_float_consts(gd, model.protected_nodes, self.config["minimum_size"])):
@@ -237,7 +210,7 @@ class WeightsToInt8(Pass):
             if not np.isfinite(w).all():
                 counters["skipped_nonfinite"] += 1
                 continue
-            axes = channel_axes(w.shape, _real_consumers(node.name, consumers)) if self.config["per_channel"] else None
+            axes = channel_axes(w.shape, _real_consumers(editor, node.name)) if self.config["per_channel"] else None
             q, scale = quantize_int8(w, axes)
             amax = float(np.abs(w).max(initial=0.0))
             if amax == 0:
@@ -246,24 +219,16 @@ class WeightsToInt8(Pass):
                 err = float(np.abs(q.astype(np.float32) * scale - w).max() / amax)
                 counters["max_relative_weight_error"] = max(counters["max_relative_weight_error"], err)
             before = node.ByteSize()
-            q_name = unused_name(f"{node.name}/int8", names)
-            cast_name = unused_name(f"{node.name}/dequantize", names)
-            scale_name = unused_name(f"{node.name}/scale", names)
-            control = _control_inputs(node)
-            added = [_const(q_name, q, node.device, control), _const(scale_name, scale, node.device, control)]
-            from tensorflow.core.framework import node_def_pb2
-
-            cast = node_def_pb2.NodeDef(name=cast_name, op="Cast", device=node.device, input=[q_name])
-            cast.attr["SrcT"].type = 6  # DT_INT8
-            cast.attr["DstT"].type = 1
-            cast.attr["Truncate"].b = False
-            added.append(cast)
-            _turn_into(node, "Mul", [cast_name, scale_name], {"T": 1})
-            new_nodes.extend(added)
+            q_name = _add_const(editor, f"{node.name}/int8", q, node)
+            scale_name = _add_const(editor, f"{node.name}/scale", scale, node)
+            cast = editor.add_node(f"{node.name}/dequantize", "Cast", [q_name],
+                                   _attrs(SrcT=6, DstT=1, Truncate=False), device=node.device)  # int8 -> float
+            editor.replace_node(node, "Mul", [cast.name, scale_name], _attrs(T=1))
+            added = [editor.nodes[q_name], editor.nodes[scale_name], cast]
             counters["bytes_saved"] += before - node.ByteSize() - sum(n.ByteSize() for n in added)
             counters["converted"] += 1
             counters["per_channel" if axes is not None and scale.size > 1 else "per_tensor"] += 1
-        gd.node.extend(new_nodes)
+        gd = editor.commit()
         counters["max_relative_weight_error"] = float(f"{counters['max_relative_weight_error']:.3g}")
         notes = []
         if counters["converted"]:

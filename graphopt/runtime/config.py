@@ -53,7 +53,7 @@ checked by real protobuf code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from graphopt.errors import OutputError, UsageError
 
@@ -78,8 +78,16 @@ def recommended_optimizer(model: Any = None) -> str:
     return "full"
 
 
-def session_config_proto(*, runtime_optimizer: str = "off", intra_op: int = 0, inter_op: int = 0) -> Any:
-    """A ``tensorflow.ConfigProto`` for serving; see the module docstring for the choices."""
+RuntimeOptimizer = Literal["off", "remap", "constfold", "full"]
+
+
+def session_config(runtime_optimizer: RuntimeOptimizer = "off", *, intra_op: int = 0, inter_op: int = 0) -> Any:
+    """The one ``tensorflow.ConfigProto`` builder: what graphopt ships, verifies with and benchmarks.
+
+    ``runtime_optimizer`` is what Grappler does when the session first runs: ``off`` (the
+    default: graphopt pre-optimized the graph), ``remap`` or ``constfold`` (only that optimizer),
+    ``full`` (TensorFlow's defaults); see the module docstring. Thread counts of 0 let TF choose.
+    """
     from tensorflow.core.protobuf import config_pb2
 
     if runtime_optimizer not in RUNTIME_OPTIMIZERS:
@@ -101,10 +109,10 @@ def session_config_proto(*, runtime_optimizer: str = "off", intra_op: int = 0, i
 
 
 def session_config_text(**options: Any) -> str:
-    """:func:`session_config_proto` as text, the content of ``--tensorflow_session_config_file``."""
+    """:func:`session_config` as text, the content of ``--tensorflow_session_config_file``."""
     from google.protobuf import text_format
 
-    return text_format.MessageToString(session_config_proto(**options))
+    return text_format.MessageToString(session_config(**options))
 
 
 _MESSAGES: dict[str, Any] = {}
@@ -165,7 +173,7 @@ def platform_config_proto(**options: Any) -> Any:
 
     adapter_cls, _ = _platform_messages()
     adapter = adapter_cls()
-    adapter.legacy_config.session_config.ParseFromString(session_config_proto(**options).SerializeToString())
+    adapter.legacy_config.session_config.ParseFromString(session_config(**options).SerializeToString())
     platform_map = platform_config_pb2.PlatformConfigMap()
     platform_map.platform_configs["tensorflow"].source_adapter_config.Pack(adapter)
     return platform_map
@@ -214,7 +222,7 @@ def model_server_flags(directory: str | Path, *, platform: bool = True) -> list[
 def write_serving_config(directory: str | Path, **options: Any) -> dict[str, Path]:
     """Write ``session_config.pbtxt`` and ``platform_config.pbtxt`` into ``directory``; returns their paths.
 
-    Pass the same options as :func:`session_config_proto`. Give TF Serving one of
+    Pass the same options as :func:`session_config`. Give TF Serving one of
     the two files (see :func:`model_server_flags`), not both.
     """
     directory = Path(directory)

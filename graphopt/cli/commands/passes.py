@@ -74,21 +74,26 @@ def run(args, ctx) -> int:
     if args.name:
         _detail(ctx, rows[0])
         return 0
+    from rich import box
     from rich.table import Table
 
     for kind, title in (("pass", "passes"), ("preset", "presets")):
-        table = Table(title=f"graphopt {title}", title_justify="left", expand=False)
-        table.add_column("name", style="bold", no_wrap=True)
-        table.add_column("origin", no_wrap=True)
-        table.add_column("description", ratio=1)
+        # Two columns, the name (with its origin under it) never wrapped, so at 80 columns the
+        # description keeps ~45 characters a line instead of one or two words.
+        table = Table(title=f"graphopt {title}", title_justify="left", box=box.SIMPLE_HEAD, expand=False,
+                      pad_edge=False)
+        table.add_column("name / origin", no_wrap=True)
+        table.add_column("description", ratio=1, min_width=30)
         for row in rows:
             if row["kind"] != kind:
                 continue
             # escaped: plugin descriptions and transform strings may hold [brackets] rich reads as markup
-            desc = escape(row["description"]) + (" [yellow](lossy)[/]" if row["lossy"] else "")
+            desc = escape(row["description"])
+            if row["lossy"] and "lossy" not in row["description"].lower():
+                desc += " [yellow](lossy)[/]"
             if kind == "preset":
                 desc += f"\n[dim]{escape(row['transforms'])}[/]"
-            table.add_row(row["name"], _origin_text(row["origin"]), desc)
+            table.add_row(f"[bold]{escape(row['name'])}[/]\n[dim]{escape(_origin_text(row['origin']))}[/]", desc)
         ctx.console.print(table)
     ctx.console.print("[dim]graphopt passes NAME shows a pass's options[/]")
     return 0
