@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from models import small_mobilenet
+from support import run_in_fresh_process
 
 from graphopt.errors import PassError, UsageError
 from graphopt.model import Model, Signature, TensorSpec
@@ -16,15 +17,15 @@ from graphopt.passes.grappler import (
     build_meta_graph,
     grappler_config,
     non_portable_nodes,
-    onednn_enabled,
 )
 from graphopt.passes.pipeline import Pipeline
 from graphopt.runtime import config as serving_config
-from graphopt.runtime.session import random_inputs, run_model, session_config
+from graphopt.runtime.config import session_config
+from graphopt.runtime.session import random_inputs, run_model
 
 
 def off():
-    return session_config(grappler=False)
+    return session_config("off")
 
 
 @pytest.fixture(scope="module")
@@ -109,33 +110,6 @@ def test_isolated_child_gives_the_same_graph(mobilenet):
     assert ops(child.model) == ops(here.model)
 
 
-def _run_in_fresh_process(model, feeds, onednn: str, runtime_optimizer: str = "off"):
-    """Outputs of ``model`` run with ``runtime_optimizer`` (default off) in a new process with
-    TF_ENABLE_ONEDNN_OPTS=onednn."""
-    import os
-    import pickle
-    import subprocess
-    import sys
-    import tempfile
-
-    code = ("import pickle, sys\n"
-            "from graphopt.runtime.session import run_model\n"
-            "from graphopt.runtime.config import session_config_proto\n"
-            "model, feeds = pickle.load(open(sys.argv[1], 'rb'))\n"
-            "out = run_model(model, feeds, config=session_config_proto(runtime_optimizer=sys.argv[2]))\n"
-            "pickle.dump(out, open(sys.argv[1], 'wb'))\n")
-    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
-        pickle.dump((model, feeds), f)
-    try:
-        proc = subprocess.run([sys.executable, "-c", code, f.name, runtime_optimizer], capture_output=True, text=True,
-                              env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2"))
-        assert proc.returncode == 0, proc.stderr[-1500:]
-        with open(f.name, "rb") as g:
-            return pickle.load(g)
-    finally:
-        os.unlink(f.name)
-
-
 def test_default_graph_runs_on_servers_with_and_without_onednn(mobilenet):
     # oneDNN-only fusions (Conv + BiasAdd + Add) fail on a oneDNN-off server with "Fusion is not implemented":
     # the default (onednn=off) leaves them out, whatever this process runs.
@@ -146,7 +120,7 @@ def test_default_graph_runs_on_servers_with_and_without_onednn(mobilenet):
     assert not non_portable_nodes(out.graph_def)
     assert out.metadata["grappler_onednn"] is False
     for setting in ("0", "1"):
-        got = _run_in_fresh_process(out, feeds, setting)["output"]
+        got = run_in_fresh_process(out, feeds, setting)["output"]
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
 
 
@@ -167,7 +141,7 @@ def test_onednn_fusions_are_split_into_portable_ops(mobilenet):
     portable = native.with_graph(graph_def)
     assert ops(portable)["_FusedDepthwiseConv2dNative"] == 0 < ops(native)["_FusedDepthwiseConv2dNative"]
     assert ops(portable)["_FusedConv2D"] == ops(native)["_FusedConv2D"]
-    np.testing.assert_allclose(_run_in_fresh_process(portable, feeds, "0")["output"], ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(run_in_fresh_process(portable, feeds, "0")["output"], ref, rtol=1e-4, atol=1e-6)
     default = GrapplerOptimize().run(folded.copy())
     assert default.counters["onednn_fusions_split"] > 0 and default.counters["isolated"] == 0
     assert serving_config.recommended_environment(native) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
@@ -223,91 +197,9 @@ def test_weights_compressed_after_grappler_stay_compressed_and_ask_for_constfold
     # nothing left for the runtime remapper (no depthwise conv, Sigmoid, ...): runtime Grappler off, cheapest start
     dense = GrapplerOptimize().run(_dense_relu_with_table()).model
     assert serving_config.recommended_optimizer(dense) == "off"
-    config = serving_config.session_config_proto(runtime_optimizer="constfold")
+    config = serving_config.session_config(runtime_optimizer="constfold")
     got = run_model(out, feeds, config=config)["output"]
     assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-3
-
-
-def test_serving_config_texts_parse_back_as_the_protos_tf_serving_reads(tmp_path):
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import config_pb2
-
-    text = serving_config.session_config_text(runtime_optimizer="off", intra_op=2, inter_op=1)
-    parsed = text_format.Parse(text, config_pb2.ConfigProto())
-    assert parsed.graph_options.rewrite_options.disable_meta_optimizer
-    assert (parsed.intra_op_parallelism_threads, parsed.inter_op_parallelism_threads) == (2, 1)
-
-    platform = serving_config.platform_config_text(runtime_optimizer="constfold")
-    assert "[type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig]" in platform
-    platform_map, session = serving_config.parse_platform_config(platform)
-    assert list(platform_map.platform_configs) == ["tensorflow"]
-    assert list(session.graph_options.rewrite_options.optimizers) == ["constfold"]
-    assert not session.graph_options.rewrite_options.disable_meta_optimizer
-
-    paths = serving_config.write_serving_config(tmp_path / "cfg", intra_op=4)
-    assert paths["session"].read_text() == serving_config.session_config_text(intra_op=4)
-    assert serving_config.parse_platform_config(paths["platform"].read_text())[1].intra_op_parallelism_threads == 4
-    assert serving_config.model_server_flags(tmp_path / "cfg") == [f"--platform_config_file={paths['platform']}"]
-    assert serving_config.serving_environment(onednn=True) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
-    remap = serving_config.session_config_proto(runtime_optimizer="remap").graph_options.rewrite_options
-    assert list(remap.optimizers) == ["remap"] and not remap.disable_meta_optimizer
-    with pytest.raises(UsageError):
-        serving_config.session_config_proto(runtime_optimizer="sometimes")
-
-
-def test_serving_preset_beats_gtt_and_grappler_on_a_keras_model(mobilenet):
-    model, feeds, ref = mobilenet
-    serving = Pipeline.parse("serving").run(model)
-    gtt = Pipeline.parse("gtt-seed").run(model).model
-    grappler = Pipeline.parse("grappler_optimize").run(model).model
-    out = serving.model
-    c = ops(out)
-    # every batch norm folded (Grappler alone leaves those after depthwise convs as Mul/Add), every Conv2D a
-    # portable fused kernel; depthwise convs keep a plain BiasAdd (their fused kernel needs oneDNN)
-    assert c["Conv2D"] == c["Mul"] == c["_FusedDepthwiseConv2dNative"] == 0
-    assert c["_FusedConv2D"] >= 30 and c["DepthwiseConv2dNative"] == c["BiasAdd"] >= 15
-    assert ops(grappler)["Mul"] > 0
-    assert len(out.graph_def.node) <= min(len(gtt.graph_def.node), len(grappler.graph_def.node))
-    assert out.size_bytes <= min(gtt.size_bytes, grappler.size_bytes)
-    assert not serving.lossy
-    np.testing.assert_allclose(run_model(out, feeds, config=off())["output"], ref, rtol=1e-4, atol=1e-6)
-    assert serving_config.recommended_optimizer(out) == "remap"
-
-    fast = Pipeline.parse("serving-onednn").run(model).model  # for servers with oneDNN on
-    assert ops(fast)["_FusedDepthwiseConv2dNative"] == c["DepthwiseConv2dNative"]
-    assert len(fast.graph_def.node) < len(out.graph_def.node)
-    assert serving_config.recommended_environment(fast) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
-    if onednn_enabled():
-        np.testing.assert_allclose(run_model(fast, feeds, config=off())["output"], ref, rtol=1e-4, atol=1e-6)
-
-
-def test_serving_preset_on_a_tf1_graph_removes_check_numerics():
-    from models import tf1_seed_graph
-
-    model, facts = tf1_seed_graph()
-    feeds = random_inputs(model.signature)
-    ref = run_model(model, feeds)
-    out = Pipeline.parse("serving").run(model).model
-    names = {n.name for n in out.graph_def.node}
-    assert not names & set(facts["check_numerics"]) and not names & set(facts["train"])
-    assert not any("__cf__" in n for n in names)  # folded constants got back the names of what they replace
-    assert len(out.graph_def.node) < len(model.graph_def.node)
-    for key, value in run_model(out, feeds, config=off()).items():
-        np.testing.assert_allclose(value, ref[key], rtol=1e-6)
-
-
-@pytest.mark.parametrize("preset, max_size, max_error", [("serving-fp16", 0.56, 1e-3), ("serving-int8", 0.32, 2e-2)])
-def test_lossy_presets_shrink_and_report_their_error(mobilenet, preset, max_size, max_error):
-    model, feeds, ref = mobilenet
-    result = Pipeline.parse(preset).run(model)
-    assert result.lossy and result.records[-1].name in ("weights_to_fp16", "weights_to_int8")
-    assert result.records[-1].counters["max_relative_weight_error"] > 0
-    out = result.model
-    assert out.size_bytes < max_size * model.size_bytes
-    assert ops(out)["_FusedConv2D"] >= 30  # compression came after Grappler, which did not fold it back
-    config = serving_config.session_config_proto(runtime_optimizer=serving_config.recommended_optimizer(out))
-    got = run_model(out, feeds, config=config)["output"]
-    assert np.abs(got - ref).max() / np.abs(ref).max() <= max_error
 
 
 def test_a_graph_with_a_function_library_is_optimized_in_a_child_and_still_runs():
@@ -322,46 +214,6 @@ def test_a_graph_with_a_function_library_is_optimized_in_a_child_and_still_runs(
     np.testing.assert_allclose(run_model(result.model, feeds, config=off())["y"], ref, rtol=1e-6)
     serving = Pipeline.parse("serving").run(model).model
     np.testing.assert_allclose(run_model(serving, feeds, config=off())["y"], ref, rtol=1e-6)
-
-
-def executed_ops(model, feeds, config) -> tuple[Counter, np.ndarray]:
-    """Ops of the graph the session really executed (after runtime Grappler and oneDNN's rewrites), and the output."""
-    import tensorflow as tf
-
-    from graphopt.runtime.session import Session
-
-    with Session(model, config=config) as sess:
-        graph = sess.graph
-        fetch = graph.get_tensor_by_name(next(iter(model.signature.outputs.values())).name)
-        feed = {graph.get_tensor_by_name(model.signature.inputs[k].name): v for k, v in feeds.items()}
-        meta = tf.compat.v1.RunMetadata()
-        out = sess.session.run(fetch, feed, options=tf.compat.v1.RunOptions(output_partition_graphs=True),
-                               run_metadata=meta)
-    return Counter(n.op for g in meta.partition_graphs for n in g.node), out
-
-
-def test_shipped_remap_config_rebuilds_the_fusions_the_portable_graph_leaves_split(mobilenet):
-    # The portable serving graph keeps depthwise conv + BiasAdd + Relu6 split (its fused kernel needs oneDNN);
-    # the shipped config runs only the remapper at the first request, which fuses them where this build can.
-    model, feeds, ref = mobilenet
-    out = Pipeline.parse("serving").run(model).model
-    mode = serving_config.recommended_optimizer(out)
-    assert mode == "remap"
-    shipped, got = executed_ops(out, feeds, serving_config.session_config_proto(runtime_optimizer=mode))
-    split, _ = executed_ops(out, feeds, off())
-    full, _ = executed_ops(out, feeds, serving_config.session_config_proto(runtime_optimizer="full"))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
-    depthwise = ops(out)["DepthwiseConv2dNative"]
-    assert depthwise >= 15
-    if onednn_enabled():
-        fused = "_MklNativeFusedDepthwiseConv2dNative"
-        assert shipped[fused] == full[fused] == depthwise and split[fused] == 0
-        assert shipped["Relu6"] == full["Relu6"] == 0 < split["Relu6"]
-    # the remapper alone gives the same executed graph as TensorFlow's full runtime Grappler
-    assert shipped == full
-    for setting in ("0", "1"):  # and it runs on servers with oneDNN off and on
-        got = _run_in_fresh_process(out, feeds, setting, mode)["output"]
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", ["/device:CPU:0", ""])
