@@ -11,7 +11,7 @@ PLUGINS = $(wildcard plugins/*/pyproject.toml)
 $(BIN)/graphopt: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint]' $(foreach p,$(dir $(PLUGINS)),-e $(p))
+	$(BIN)/pip install --quiet -e '.[test,lint,ray]' $(foreach p,$(dir $(PLUGINS)),-e $(p))
 	touch $@
 
 setup: $(BIN)/graphopt

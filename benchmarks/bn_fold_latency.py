@@ -7,7 +7,7 @@ One process, one session per variant (original, each pass alone, both), batch 1,
 runs interleaved so load from other processes hits every variant alike; prints
 first-run time (session creation + first inference, where runtime Grappler runs)
 and the median warm latency as a ratio of the original. The formal, cross-model
-numbers are in ``docs/benchmarks.md``; this answers "which of the two passes buys
+numbers are in ``docs/measurements/benchmarks.md``; this answers "which of the two passes buys
 latency" for one model.
 """
 

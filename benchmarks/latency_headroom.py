@@ -97,7 +97,7 @@ def tf_worker(work: Path, runs: int) -> dict:
     import tensorflow as tf
 
     from graphopt.passes.grappler import onednn_enabled
-    from graphopt.runtime.session import session_config
+    from graphopt.runtime.config import session_config
 
     info = json.loads((work / "info.json").read_text())
     out: dict = {}
@@ -111,7 +111,7 @@ def tf_worker(work: Path, runs: int) -> dict:
             g = tf.Graph()
             with g.as_default():
                 tf.graph_util.import_graph_def(gd, name="")
-            sess = tf.compat.v1.Session(graph=g, config=session_config(grappler=grappler, intra_op=intra,
+            sess = tf.compat.v1.Session(graph=g, config=session_config("full" if grappler else "off", intra_op=intra,
                                                                        inter_op=inter))
             fetch, feed = g.get_tensor_by_name(entry["output"]), g.get_tensor_by_name(entry["input"])
             for _ in range(3):  # warm-up: executor built, runtime Grappler done, caches filled

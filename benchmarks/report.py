@@ -1,4 +1,4 @@
-"""docs/benchmarks.md, generated from one results JSON: every figure in it comes from the run."""
+"""docs/measurements/benchmarks.md, generated from one results JSON: every figure in it comes from the run."""
 
 from __future__ import annotations
 
@@ -191,4 +191,7 @@ def render(data: dict[str, Any], results_name: str) -> str:
         out.append(f"- **{t['model']}, {t['target']}:** {t['note']}")
     for note in data.get("closing_notes", []):
         out.append(f"- {note}")
-    return "\n".join(out) + "\n"
+    from targets_runtimes import latest_section  # its own run (benchmarks/targets_runtimes.py): kept on regenerating
+
+    section = latest_section()
+    return "\n".join(out) + "\n" + ("\n" + section if section else "")

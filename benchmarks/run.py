@@ -6,7 +6,7 @@
 
 Models are built once into ``--cache`` (default ``benchmarks/.cache``). Results
 go to ``benchmarks/results/<UTC time>.json`` and ``latest.json``, and
-``docs/benchmarks.md`` is regenerated from them (``--no-docs`` to skip).
+``docs/measurements/benchmarks.md`` is regenerated from them (``--no-docs`` to skip).
 Built-in passes only: third-party plugins are not loaded, so runs compare.
 """
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="fresh processes per variant for models with a cold-start target (default 3)")
     p.add_argument("--cache", type=Path, default=HERE / ".cache", help="where built models and variants are kept")
     p.add_argument("--results", type=Path, default=HERE / "results", help="where results JSON goes")
-    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md", help="markdown to regenerate")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "measurements" / "benchmarks.md", help="markdown to regenerate")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the docs")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement of optimizing")
     p.add_argument("--memory-model", default="ResNet50", help="model for the peak-memory measurement")

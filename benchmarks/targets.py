@@ -1,4 +1,5 @@
-"""The targets of issue 5 item 6, checked against one run's results (never against figures typed by hand).
+"""The targets of issue 5 item 6 and issue 13 item 6, checked against one run's results (never against figures
+typed by hand).
 
 Each check gives ``met`` True/False, or None when a variant it needs was not
 measured, and on a miss a note built from the measured numbers that says
@@ -104,4 +105,67 @@ def evaluate(result: dict) -> list[dict[str, Any]]:
                 note += f" (quantize_weights turned {qw['nan_mismatch']} output values into NaN)"
             out.append(_check(name, "int8 error <= 1/4 of quantize_weights'", rel, lim, rel <= lim, note))
             out[-1]["note"] = note  # worth showing even when met: the bar may be NaN-infinite
+    return out
+
+
+# --- issue 13, item 6: runtime targets (benchmarks/targets_runtimes.py) --------------------------------------
+
+OPENVINO_F32_GEOMEAN, OPENVINO_BF16_GEOMEAN, OPENVINO_F32_REL = 0.30, 0.17, 1e-5
+
+
+def _bench_row(result: dict, label: str) -> dict | None:
+    return next((m for m in (result.get("bench") or {}).get("models", []) if m["label"] == label), None)
+
+
+def evaluate_runtimes(data: dict) -> list[dict[str, Any]]:
+    """Issue 13's targets from one run of benchmarks/targets_runtimes.py (geometric means over the Keras models)."""
+    import math
+
+    out: list[dict[str, Any]] = []
+    models = [r for r in data["models"] if not r.get("error")]
+    keras_models = [r for r in models if r["model"] != "demo detector"]
+
+    def geomean(label: str) -> float | None:
+        ratios = [(_bench_row(r, label) or {}).get("round_ratio") for r in keras_models]
+        ratios = [x for x in ratios if x]
+        if not ratios or len(ratios) < len(keras_models):
+            return None
+        return math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+
+    def best(label: str) -> str:
+        ratios = [(_bench_row(r, label) or {}).get("min_ratio") for r in keras_models]
+        ratios = [x for x in ratios if x]
+        if not ratios:
+            return ""
+        return f"best-call ratio {math.exp(sum(math.log(x) for x in ratios) / len(ratios)):.2f}x"
+
+    g = geomean("openvino f32")
+    out.append(_check("Keras models", "openvino f32 geometric mean <= 0.30x of as exported", g,
+                      OPENVINO_F32_GEOMEAN, None if g is None else g <= OPENVINO_F32_GEOMEAN, best("openvino f32")))
+    g = geomean("openvino bf16")
+    out.append(_check("Keras models", "openvino bf16 geometric mean <= 0.17x (CPU with bf16)", g,
+                      OPENVINO_BF16_GEOMEAN, None if g is None else g <= OPENVINO_BF16_GEOMEAN, best("openvino bf16")))
+    for r in models:
+        name = r["model"]
+        f32, raw = _bench_row(r, "openvino f32"), _bench_row(r, "openvino untouched")
+        if f32 and raw:
+            ratio = f32["round_ratio"] / raw["round_ratio"]
+            out.append(_check(name, "openvino f32 never slower than OpenVINO on the untouched model", ratio, 1.0,
+                              ratio <= 1.0, f"median {f32['median_ms']:.2f} ms vs {raw['median_ms']:.2f} ms, best call "
+                                            f"{f32['min_ms']:.2f} ms vs {raw['min_ms']:.2f} ms"))
+        if f32:
+            out.append(_check(name, "openvino f32 relative difference <= 1e-5", f32["max_rel"], OPENVINO_F32_REL,
+                              f32["max_rel"] is not None and f32["max_rel"] <= OPENVINO_F32_REL))
+        bf16, int8 = _bench_row(r, "openvino bf16"), _bench_row(r, "openvino int8")
+        if bf16 and int8:
+            out.append(_check(name, "openvino int8 latency <= bf16's", int8["median_ms"] / bf16["median_ms"], 1.0,
+                              int8["median_ms"] <= bf16["median_ms"],
+                              f"{int8['median_ms']:.2f} ms vs {bf16['median_ms']:.2f} ms"))
+        serving = _bench_row(r, "serving")
+        for label in ("openvino f32", "openvino bf16", "openvino int8", "onnx"):
+            row = _bench_row(r, label)
+            if row and serving:
+                out.append(_check(name, f"{label} cold start <= serving's", row["cold_s"] / serving["cold_s"], 1.0,
+                                  row["cold_s"] <= serving["cold_s"],
+                                  f"{row['cold_s']:.2f} s vs {serving['cold_s']:.2f} s"))
     return out

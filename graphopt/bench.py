@@ -27,11 +27,9 @@ Core code: returns a :class:`BenchReport`; ``graphopt bench`` renders it.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from graphopt.errors import GraphoptError, InputError, UsageError
+from graphopt.graph.names import node_name
 from graphopt.model import Model
 
 SAVED_MODEL_FORMATS = ("saved_model", "saved_model_tf1")
@@ -262,16 +261,9 @@ def runtime_config(setting: bool | str, path: str | Path | None = None) -> tuple
     if setting not in ("full", "off", "constfold", "remap"):
         raise UsageError(f"runtime optimizer must be full, off, constfold, remap or shipped, not {setting!r}",
                          where="--grappler")
-    config = tf.compat.v1.ConfigProto()
-    rewrite = config.graph_options.rewrite_options
-    if setting == "off":
-        rewrite.disable_meta_optimizer = True
-    elif setting == "constfold":
-        rewrite.optimizers.append(setting)  # a non-empty list runs exactly these optimizers
-    elif setting == "remap":
-        from graphopt.runtime.config import session_config_proto
+    from graphopt.runtime.config import session_config
 
-        config.CopyFrom(session_config_proto(runtime_optimizer="remap"))
+    config = session_config(setting)
     return config, setting
 
 
@@ -316,7 +308,7 @@ class _ServingSession:
                 tf.graph_util.import_graph_def(gd, name="")
             self.session = tf.compat.v1.Session(graph=self.graph, config=config)
             if spec["init_ops"]:
-                self.session.run([self.graph.get_operation_by_name(n.split(":")[0]) for n in spec["init_ops"]])
+                self.session.run([self.graph.get_operation_by_name(node_name(n)) for n in spec["init_ops"]])
             self.inputs, self.outputs = dict(spec["inputs"]), dict(spec["outputs"])
         else:
             # Keras files, checkpoints, Hub modules: TF Serving cannot load them; graphopt's loader freezes them.
@@ -357,50 +349,65 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _cold_child(spec_file: str) -> None:
-    """Entry point of the fresh process (TensorFlow is already imported): print one JSON line."""
+def _cold_measure(spec: Mapping[str, Any], feeds_file: str) -> dict[str, Any]:
+    """The sandboxed child's side of :func:`cold_run` (TensorFlow is already imported): the raw figures."""
     import psutil
 
-    spec = json.loads(Path(spec_file).read_text())
     proc = psutil.Process()
     base_rss = proc.memory_info().rss
-    with np.load(spec["feeds"], allow_pickle=False) as data:
+    with np.load(feeds_file, allow_pickle=False) as data:
         feeds = {k: data[k] for k in data.files}
-    t0 = time.perf_counter()
-    sess = _ServingSession(spec)
-    t1 = time.perf_counter()
-    feed_dict = sess.feed_dict(feeds)
-    t2 = time.perf_counter()
-    sess.run(feed_dict)
-    t3 = time.perf_counter()
+    try:
+        t0 = time.perf_counter()
+        sess = _ServingSession(spec)
+        t1 = time.perf_counter()
+        feed_dict = sess.feed_dict(feeds)
+        t2 = time.perf_counter()
+        sess.run(feed_dict)
+        t3 = time.perf_counter()
+    except GraphoptError:
+        raise
+    except Exception as exc:  # a TF error: the model does not load or run on these inputs
+        raise _failed(exc, "cold start failed", spec["path"]) from None
     peak = peak_rss_bytes()
     rss = proc.memory_info().rss
-    print("GRAPHOPT_COLD "  # noqa: T201 - the child process answers its parent on stdout
-           + json.dumps({"load_s": t1 - t0, "first_run_s": t3 - t2, "method": sess.method,
-                                         "peak_rss_bytes": max(peak, rss) - base_rss,
-                                         "rss_after_bytes": rss - base_rss}))
+    return {"load_s": t1 - t0, "first_run_s": t3 - t2, "method": sess.method,
+            "peak_rss_bytes": max(peak, rss) - base_rss, "rss_after_bytes": rss - base_rss}
 
 
-_CHILD = ("import os, sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2'); import tensorflow; "
-          "from graphopt.bench import _cold_child; _cold_child(sys.argv[1])")
+def _failed(exc: BaseException, what: str, where: str | None = None) -> GraphoptError:
+    from graphopt.security.sandbox import resource_error, tf_error_text
+
+    return resource_error(exc) or InputError(f"{what}: {tf_error_text(exc)[:300]}", where=where,
+                                             hint="give real inputs with --sample FILE.npz")
 
 
-def cold_run(spec: Mapping[str, Any], feeds_file: Path, *, timeout: float = 900) -> dict[str, Any]:
-    """One fresh process: load + first inference of one model; the raw figures."""
-    with tempfile.TemporaryDirectory(prefix="graphopt-cold-") as tmp:
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps({**spec, "feeds": str(feeds_file)}))
-        try:
-            proc = subprocess.run([sys.executable, "-c", _CHILD, str(spec_file)], capture_output=True, text=True,
-                                  timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        except subprocess.TimeoutExpired:
-            raise InputError(f"cold start did not finish within {timeout:.0f} s", where=spec["path"]) from None
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("GRAPHOPT_COLD ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
-        raise InputError(f"cold-start process failed (exit {proc.returncode}): {tail}", where=spec["path"],
-                         hint="rerun with --debug, or bench with --no-cold")
-    return json.loads(line[len("GRAPHOPT_COLD "):])
+def _limits(timeout: float | None = None, model_bytes: int = 0) -> Any:
+    from graphopt.security.sandbox import default_limits
+
+    limits = default_limits(model_bytes)
+    # A benchmark may legitimately run long: the wall clock is the caller's timeout unless GRAPHOPT_TIME_LIMIT says
+    # otherwise.
+    if timeout is not None and not os.environ.get("GRAPHOPT_TIME_LIMIT", "").strip():
+        limits = limits.replace(wall_seconds=timeout)
+    return limits
+
+
+def cold_run(spec: Mapping[str, Any], feeds_file: Path, *, timeout: float = 900, model_bytes: int = 0,
+             notes: list[str] | None = None) -> dict[str, Any]:
+    """One fresh process: load + first inference of one model; the raw figures.
+
+    The process is a sandboxed child (:mod:`graphopt.security.sandbox`, with ``timeout`` as its wall-clock
+    limit): a limit hit or a crash raises :class:`~graphopt.errors.ResourceError`. ``notes`` receives what a
+    report should say when it ran less confined than it should.
+    """
+    from graphopt.security.sandbox import Sandbox
+
+    with Sandbox(_limits(timeout, model_bytes), label=f"the cold start of {spec['path']}") as box:
+        result = box.call(_cold_measure, dict(spec), str(feeds_file))
+        if notes is not None:
+            notes.extend(n for n in box.notes("benchmarking") if n not in notes)
+    return result
 
 
 def cold_start(spec: Mapping[str, Any], feeds_file: Path, *, repeats: int = 1, timeout: float = 900) -> ColdStart:
@@ -453,7 +460,8 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
     same for every model: ``samples`` (an ``.npz`` or arrays) or generated from
     the first model's signature (see :func:`graphopt.verify.compare.make_inputs`).
     """
-    from graphopt.security.scan import ensure_safe
+    from graphopt.security.allowlist import allowing
+    from graphopt.security.scan import check_saved_model, ensure_safe
     from graphopt.verify.compare import load_samples, make_inputs
 
     if not sources:
@@ -467,9 +475,12 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
         raise UsageError("one grappler setting per model")
     with tempfile.TemporaryDirectory(prefix="graphopt-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        targets = [_resolve(s, labels[i] if labels else None, signature, tmp, i) for i, s in enumerate(sources)]
+        with allowing(allow_unsafe):  # loading may run init ops: the loaders check them against this too
+            targets = [_resolve(s, labels[i] if labels else None, signature, tmp, i) for i, s in enumerate(sources)]
         for t in targets:
             ensure_safe(t.model.graph_def, allow=allow_unsafe, action="run it for benchmarking", source=str(t.path))
+            if t.format in SAVED_MODEL_FORMATS:  # opened below as TF Serving opens it: its own init ops run
+                check_saved_model(t.path, tags=tags, allow=allow_unsafe, action="run it for benchmarking")
         first = targets[0].model
         notes: list[str] = []
         if samples is None:
@@ -502,28 +513,40 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
             runs_by_model: list[list[dict]] = [[] for _ in specs]
             for _ in range(cold_repeats):  # round-robin, so drifting background load hits every model alike
                 for i, spec in enumerate(specs):
-                    runs_by_model[i].append(cold_run(spec, files[i]))
+                    runs_by_model[i].append(cold_run(spec, files[i], model_bytes=targets[i].model.size_bytes,
+                                                     notes=notes))
             for res, cold_runs in zip(results, runs_by_model):
                 res.cold = _median_cold(cold_runs)
         if warm:
-            sessions = []
-            try:
-                for spec in specs:
-                    sessions.append(_open(spec))
-                try:
-                    latencies = warm_latency(sessions, feeds, runs=runs, warmup=warmup)
-                except Exception as exc:  # a TF runtime error: the model does not run on these inputs
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                    raise InputError(f"a model failed while benchmarking: {first}",
-                                     hint="give real inputs with --sample FILE.npz") from None
-                for res, lat in zip(results, latencies):
-                    res.warm = lat
-            finally:
-                for s in sessions:
-                    s.close()
+            from graphopt.security.sandbox import Sandbox
+
+            # Every model in one sandboxed child, interleaved run by run there (see warm_latency).
+            total = sum(t.model.size_bytes for t in targets)
+            with Sandbox(_limits(900, total), label="the benchmarked models") as box:
+                latencies = box.call(_warm_measure, specs, feeds, runs, warmup)
+                notes.extend(n for n in box.notes("benchmarking") if n not in notes)
+            for res, lat in zip(results, latencies):
+                res.warm = WarmLatency(**lat)
     _fill_ratios(results)
     return BenchReport(results, runs, warmup, {k: {"dtype": str(v.dtype), "shape": list(v.shape)}
                                                for k, v in base_feeds.items()}, source, machine_info(), notes)
+
+
+def _warm_measure(specs: Sequence[Mapping[str, Any]], feeds: Sequence[Mapping[str, np.ndarray]], runs: int,
+                  warmup: int) -> list[dict[str, Any]]:
+    """The sandboxed child's side of the warm loop: open every model, then :func:`warm_latency`."""
+    sessions = []
+    try:
+        for spec in specs:
+            sessions.append(_open(spec))
+        try:
+            latencies = warm_latency(sessions, feeds, runs=runs, warmup=warmup)
+        except Exception as exc:  # a TF runtime error: the model does not run on these inputs
+            raise _failed(exc, "a model failed while benchmarking") from None
+        return [lat.to_dict() for lat in latencies]
+    finally:
+        for s in sessions:
+            s.close()
 
 
 def _open(spec: Mapping[str, Any]) -> _ServingSession:
@@ -532,8 +555,7 @@ def _open(spec: Mapping[str, Any]) -> _ServingSession:
     except GraphoptError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise InputError(f"cannot open the model for benchmarking: {first}", where=spec["path"]) from None
+        raise _failed(exc, "cannot open the model for benchmarking", spec["path"]) from None
 
 
 def _fill_ratios(results: list[ModelBench]) -> None:

@@ -18,6 +18,7 @@ PASS_MODULES = [
     "graphopt.passes.precision",
     "graphopt.passes.grappler",
     "graphopt.passes.inline",
+    "graphopt.passes.atrous",
     "graphopt.passes.grouped_conv",
     "graphopt.passes.shapes",
 ]
@@ -34,9 +35,12 @@ COMMAND_MODULES = {
     "diff": "graphopt.cli.commands.diff",
     "explain": "graphopt.cli.commands.explain",
     "bench": "graphopt.cli.commands.bench",
+    "tune": "graphopt.cli.commands.tune",
+    "fleet": "graphopt.cli.commands.fleet",
 }
 
-SERVING_STEPS = ("strip_debug_ops remove_attribute(attribute_name=_class, ignore_errors=true) "
+# inline_functions first: the other passes and Grappler see inside calls Keras compiles with XLA (grouped convs).
+SERVING_STEPS = ("inline_functions strip_debug_ops remove_attribute(attribute_name=_class, ignore_errors=true) "
                  "strip_unused_nodes(ignore_errors=true) fold_constants(ignore_errors=true) fold_all_batch_norms "
                  "merge_duplicate_nodes(ignore_errors=true) grappler_optimize")
 
@@ -45,11 +49,17 @@ PRESETS = [
     # function libraries), graphopt's passes where GTT falls short (CheckNumerics, BN after depthwise /
     # BiasAdd / V3), then Grappler for the serving CPU so TF Serving can run with runtime Grappler off.
     ("serving", SERVING_STEPS,
-     "Lossless: strip debug ops, GTT cleanup and folding, fold every batch norm, Grappler pre-optimized for CPU.",
+     "Lossless: inline calls (XLA-compiled ones too), strip debug ops, GTT cleanup and folding, fold every batch "
+     "norm, Grappler pre-optimized for CPU.",
      False),
     ("serving-onednn", SERVING_STEPS.replace("grappler_optimize", "grappler_optimize(onednn=on)"),
      "serving, with oneDNN-only fusions (depthwise conv, residual add) for servers that run "
      "TF_ENABLE_ONEDNN_OPTS=1; fails where oneDNN is off.", False),
+    # For the runtime targets other than TF Serving (graphopt.targets: openvino, onnx): grappler_optimize's fused
+    # kernels (_FusedConv2D...) exist only in TensorFlow, and those runtimes fuse for their own kernels.
+    ("serving-portable", SERVING_STEPS.replace(" grappler_optimize", ""),
+     "serving without grappler_optimize: every lossless fold, no TensorFlow-only kernels (the default of the "
+     "openvino and onnx targets).", False),
     # Weight passes go last: Grappler would fold their Casts back into float32 constants.
     ("serving-fp16", "serving weights_to_fp16",
      "serving, then float32 weights stored as float16 (half the size; serve with runtime constant folding).", True),

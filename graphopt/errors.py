@@ -13,7 +13,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit codes, one per class of failure (documented in docs/cli.md)."""
+    """Process exit codes, one per class of failure (documented in docs/guide/cli.md)."""
 
     OK = 0
     INTERNAL = 1  # a bug in graphopt or TensorFlow: please report it
@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     VERIFY = 5  # the optimized model does not match the original within tolerance
     OUTPUT = 6  # the output cannot be written
     UNSAFE = 7  # the graph holds ops that reach outside the process and was not allowed
+    RESOURCE = 8  # running the model's graph ran out of a sandbox limit (memory, time) or crashed its process
 
 
 @dataclass
@@ -109,6 +110,23 @@ class UnsafeGraphError(GraphoptError):
     """The graph holds ops that are not known to compute only, and they were not allowed."""
 
     code: ExitCode = ExitCode.UNSAFE
+
+
+@dataclass
+class ResourceError(GraphoptError):
+    """Running a model's graph in its sandbox ran out of a limit, or the sandboxed process crashed.
+
+    ``limit`` names what ran out: ``"memory"``, ``"cpu"`` (CPU time), ``"time"`` (wall clock),
+    ``"file size"``, ``"filesystem"`` (a write outside the sandbox's folder was refused) or
+    ``"crash"`` (the process died of a signal, named in the message, or exited without answering).
+    See :mod:`graphopt.security.sandbox`.
+    """
+
+    code: ExitCode = ExitCode.RESOURCE
+    limit: str = ""
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "limit": self.limit}
 
 
 @dataclass

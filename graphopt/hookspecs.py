@@ -6,8 +6,8 @@ pipeline and each pass as they run; they observe, they may raise to stop the
 run, and ``graphopt_run_pass`` / ``graphopt_run_pipeline`` may be wrapped
 (``@hookimpl(wrapper=True)``) to change what a pass or a run does. Plugins are
 found through the ``graphopt`` entry-point group. These docstrings are the
-reference: docs/hooks.md's hook sections are generated from them
-(``python docs/hooks_reference.py``, checked by tests/test_docs.py).
+reference: docs/develop/hooks.md's hook sections are generated from them
+(``python docs/develop/hooks_reference.py``, checked by tests/test_docs.py).
 Built-in passes, presets, targets and commands are registered through these same
 hooks (``graphopt/builtin.py``, ``graphopt/passes/gtt.py``).
 """
@@ -41,7 +41,7 @@ def graphopt_register_passes(register: Callable[[type[Pass]], None]) -> None:
     """Register pass classes: call ``register(PassClass)`` once for each.
 
     Runs first, before anything is parsed. ``PassClass`` is a :class:`~graphopt.Pass` subclass
-    or a ``@function_pass`` function (docs/writing-a-pass.md). Names must be unique across native,
+    or a ``@function_pass`` function (docs/develop/writing-a-pass.md). Names must be unique across native,
     built-in and plugin passes and presets.
     """
 
@@ -63,7 +63,7 @@ def graphopt_register_targets(register: Callable[[type[Target]], None]) -> None:
 
     A target turns an optimized model into a runtime's form, runs it for verification and
     benchmarks, writes the runtime server's model repository and serves it in ``graphopt serve``
-    (docs/writing-a-target.md). Names must be unique across targets.
+    (docs/develop/writing-a-target.md). Names must be unique across targets.
     """
 
 

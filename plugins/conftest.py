@@ -11,7 +11,8 @@ import pytest
 
 PLUGINS = Path(__file__).resolve().parent
 # distribution folder -> module it installs
-PACKAGES = {"graphopt-snapshots": "graphopt_snapshots", "graphopt-strip-metadata": "graphopt_strip_metadata"}
+PACKAGES = {"graphopt-snapshots": "graphopt_snapshots", "graphopt-strip-metadata": "graphopt_strip_metadata",
+            "graphopt-openvino": "graphopt_openvino", "graphopt-onnx": "graphopt_onnx"}
 
 
 def install_plugins() -> None:

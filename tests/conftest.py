@@ -17,6 +17,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_confined_child():
+    """In-process runs of model graphs (verification, fold_constants, Grappler) share one confined child.
+
+    What ``graphopt optimize`` does within one run, here for the whole session: without it each of
+    hundreds of pipelines starts a fresh child and imports TensorFlow there again. Calls with limits of
+    their own (tests/test_sandbox.py) still get a fresh child, and a child a call killed is replaced.
+    """
+    from graphopt.security.sandbox import shared_sandbox
+
+    with shared_sandbox(start=False):
+        yield
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One folder per test session where built models are kept."""

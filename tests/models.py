@@ -506,3 +506,100 @@ def embedding_saved_model(path):
     module = Embed()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve, "norms": module.norms})
 
+
+
+# --- hostile inputs (issue 11): user errors that must not be "internal error" --------------------------------------
+
+HOSTILE_NAME = "\x1b[31mRED\x1b[0m[bold]B[/bold]\x07"  # an ANSI colour, rich markup and a bell
+
+
+def placeholder_50_dims(path):
+    """A frozen ``.pb`` whose input has 50 unknown dimensions (random inputs would need 32**49 values)."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None] * 50, name="x")
+        tf.identity(x * 2.0, name="y")
+    path.write_bytes(g.as_graph_def().SerializeToString())
+
+
+def _tf1_builder_model(path, *, input_dtype=None, input_key="x", output_key="y"):
+    """A TF1 SavedModel ``y = 2x`` (x float32 [?, 3]) whose signature may lie about the input's dtype."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 3], name="x")
+        y = tf.identity(x * 2.0, name="y")
+        with v1.Session(graph=g) as sess:
+            builder = v1.saved_model.Builder(str(path))
+            x_info = v1.saved_model.utils.build_tensor_info(x)
+            if input_dtype is not None:
+                x_info.dtype = input_dtype.as_datatype_enum
+            sig = v1.saved_model.signature_def_utils.build_signature_def(
+                {input_key: x_info}, {output_key: v1.saved_model.utils.build_tensor_info(y)},
+                "tensorflow/serving/predict")
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+            builder.save()
+
+
+def signature_dtype_mismatch_saved_model(path):
+    """A TF1 SavedModel whose signature declares its float32 input as int32."""
+    import tensorflow as tf
+
+    _tf1_builder_model(path, input_dtype=tf.int32)
+
+
+def hostile_signature_keys_saved_model(path):
+    """A TF1 SavedModel whose signature keys hold an ANSI escape, rich markup and a bell."""
+    _tf1_builder_model(path, input_key="x" + HOSTILE_NAME, output_key="y" + HOSTILE_NAME)
+
+
+def hostile_node_name_graph(path):
+    """A frozen ``.pb`` with an ANSI escape and markup in a node name (and so in the loader's error)."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 3], name="x")
+        tf.identity(x * 2.0, name="y")
+    graph_def = g.as_graph_def()
+    renamed = "mul" + HOSTILE_NAME
+    for node in graph_def.node:
+        node.name = renamed if node.name == "mul" else node.name
+        node.input[:] = [renamed if i == "mul" else i for i in node.input]
+    path.write_bytes(graph_def.SerializeToString())
+
+
+def hostile_op_name_graph(path):
+    """A frozen ``.pb`` whose multiplication's op type holds an ANSI escape and markup."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 3], name="x")
+        tf.identity(x * 2.0, name="y")
+    graph_def = g.as_graph_def()
+    for node in graph_def.node:
+        if node.name == "mul":
+            node.op = "Mul" + HOSTILE_NAME
+    path.write_bytes(graph_def.SerializeToString())
+
+
+def abort_graph(path):
+    """A frozen ``.pb`` whose output waits on an ``Abort`` op: running it ends the process with SIGABRT."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 3], name="x")
+        stop = tf.raw_ops.Abort(error_msg="stop here")
+        with tf.control_dependencies([stop]):
+            tf.identity(x * 2.0, name="y")
+    path.write_bytes(g.as_graph_def().SerializeToString())

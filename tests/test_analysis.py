@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from models import tf1_seed_graph
 
-from graphopt.analysis.stats import GraphStats, analyze, constant_info, longest_path_length, parse_input, to_networkx
+from graphopt.analysis.stats import GraphStats, analyze, constant_info, longest_path_length, to_networkx
+from graphopt.graph.names import parse_input
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 

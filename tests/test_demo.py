@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphopt.demo.detector import MODULE_DEF_V3, OUTPUT_KEYS, build_module
-from graphopt.model import node_name
+from graphopt.graph.names import node_name
 
 
 @pytest.fixture(scope="session")

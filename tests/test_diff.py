@@ -118,11 +118,32 @@ def test_function_library_changes():
 
     a, b = graph(2.0), graph(3.0)
     d = diff_models(a, b)
-    names_a = {f.signature.name for f in a.library.function}
-    names_b = {f.signature.name for f in b.library.function}
-    assert set(d.functions["removed"]) == names_a - names_b
-    assert set(d.functions["added"]) == names_b - names_a
+    (name_a,) = {f.signature.name for f in a.library.function}
+    (name_b,) = {f.signature.name for f in b.library.function}
+    assert name_a != name_b  # TF numbers traced functions: the same lambda, another name
+    # Matched by name up to the trailing number: one function, renamed and changed (2.0 -> 3.0), not -1 +1.
+    assert d.functions["removed"] == d.functions["added"] == []
+    assert d.functions["renamed"] == [[name_a, name_b]] and d.functions["changed"] == [name_b]
+    (change,) = d.function_changes
+    assert (change.name, change.renamed_from, change.status) == (name_b, name_a, "changed")
     assert not d.identical
+    # The call node's attr f names the functions matched: not reported as an attribute change.
+    assert not any("f" in c.attrs for c in d.changed)
+
+
+def test_renamed_function_with_the_same_body_is_no_difference():
+    import tensorflow as tf
+
+    def graph():
+        @tf.function(input_signature=[tf.TensorSpec([2], tf.float32)])
+        def f(x):
+            return tf.function(lambda y: y * 2.0)(x)
+
+        return f.get_concrete_function().graph.as_graph_def()
+
+    a, b = graph(), graph()  # traced twice: new function names, same content
+    d = diff_models(a, b)
+    assert d.functions["renamed"] and d.identical and not d.function_changes
 
 
 def test_diff_json_matches_documented_schema(seed_run):
@@ -138,3 +159,75 @@ def test_diff_json_matches_documented_schema(seed_run):
     data["summary"]["added"] = -1
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, schema)
+
+
+# --- like with like: loader pruning apart, and what one pass changed ------------------------------------------
+
+
+def _dead_branch_pb(path):
+    """A frozen graph whose output ``y`` goes through an Identity, plus a branch no output needs."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        w = tf.constant(np.arange(6, dtype=np.float32).reshape(3, 2), name="w")
+        tf.nn.relu(tf.matmul(tf.identity(x, name="copy"), w), name="y")
+        tf.reduce_sum(tf.square(x, name="dead_square"), name="dead_sum")  # not an output below
+    path.write_bytes(g.as_graph_def().SerializeToString())
+
+
+def test_diff_reports_loader_pruning_apart_from_the_pass(model_path, tmp_path):
+    from graphopt.loaders import load
+    from graphopt.optimizer import optimize
+
+    src = model_path("dead_branch.pb", _dead_branch_pb)
+    out = tmp_path / "out"
+    done = optimize(src, out, transforms="strip_debug_ops", outputs=["y"])
+    assert done.records[0].nodes_before - done.records[0].nodes_after == 1  # the pass removed the Identity
+    a, b = load(src, outputs=["y"]), load(out)
+    dead = {"dead_square", "dead_sum", "Const"}  # Const: the Sum's axis
+    assert {name for name, _ in b.metadata["load_pruned"]} == dead  # loading the SavedModel dropped them
+    d = diff_models(a, b)
+    assert [name for name, _ in d.removed] == ["copy"]  # only what the pass removed
+    assert {name for name, _ in d.pruned_by_loading["b"]} == dead
+    assert d.to_dict()["summary"]["pruned_by_loading"] == {"a": 0, "b": 3}
+
+
+def test_cli_diff_says_what_loading_pruned(cli, model_path, tmp_path):
+    src = model_path("dead_branch.pb", _dead_branch_pb)
+    out = tmp_path / "out"
+    code, _, err = cli("optimize", src, "-o", out, "--transforms", "strip_debug_ops", "--outputs", "y")
+    assert code == 0, err
+    code, stdout, _ = cli("diff", src, out, "--outputs", "y")
+    assert code == 0
+    text = " ".join(stdout.split())  # the rich view wraps at 80 columns
+    assert stdout.startswith("-1 removed") and "pruned 3 node(s) its outputs do not need" in text
+
+
+def test_optimize_diff_shows_what_one_pass_changed(cli, seed_run, model_path, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from graphopt.optimizer import optimize
+
+    before, _, _ = seed_run
+    done = optimize(before, None, transforms="strip_debug_ops fold_constants(ignore_errors=true)",
+                    diff=["strip_debug_ops"], verify=False)
+    ((name, iteration, d),) = done.diffs
+    record = done.records[0]
+    assert name == "strip_debug_ops" and iteration is None
+    assert len(d.removed) == record.nodes_before - record.nodes_after + len(d.added)
+    assert {op for _, op in d.removed} <= {"Identity", "CheckNumerics", "Assert", "NoOp", "Const"}
+    data = done.to_dict()
+    assert data["diffs"][0]["pass"] == "strip_debug_ops"
+    jsonschema.validate(data["diffs"][0]["diff"], json.loads((SCHEMAS / "diff.schema.json").read_text()))
+    from graphopt.errors import UsageError
+
+    with pytest.raises(UsageError, match="not in the pipeline"):
+        optimize(before, None, transforms="strip_debug_ops", diff=["fold_all_batch_norm"], verify=False)
+    src = model_path("dead_branch.pb", _dead_branch_pb)
+    report = tmp_path / "r.json"
+    code, stdout, err = cli("optimize", src, "-o", tmp_path / "o.pb", "--transforms", "strip_debug_ops",
+                            "--outputs", "y", "--diff", "all", "--report", report)
+    assert code == 0, err
+    assert "what strip_debug_ops changed" in stdout and "-1 removed" in stdout
+    assert json.loads(report.read_text())["diffs"][0]["diff"]["summary"]["removed"] == 1

@@ -62,5 +62,5 @@ def test_every_command_in_the_docs_parses_as_written(parser, doc, command):
 
 
 def test_the_hook_reference_is_generated_from_the_hookspecs():
-    tool = runpy.run_path(str(ROOT / "docs" / "hooks_reference.py"))
-    assert tool["main"](["--check"]) == 0, "docs/hooks.md is out of date: run python docs/hooks_reference.py"
+    tool = runpy.run_path(str(ROOT / "docs" / "develop" / "hooks_reference.py"))
+    assert tool["main"](["--check"]) == 0, "docs/develop/hooks.md is out of date: run python docs/develop/hooks_reference.py"

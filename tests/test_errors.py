@@ -1,6 +1,6 @@
 """The error corpus: every way a user can get it wrong, through the real CLI.
 
-Each case checks the whole contract of an error (docs/errors.md): one ``error:``
+Each case checks the whole contract of an error (docs/guide/errors.md): one ``error:``
 line saying what and where, a hint, the exit code of its class, no traceback
 unless ``--debug`` (and one with it), nothing written, and the input tree
 byte-identical afterwards. A few cases also run in a child process, as a user
@@ -47,8 +47,15 @@ def inputs(model_path, tmp_path_factory) -> dict[str, Path]:
         "syntax.pbtxt": b'node {\n  name: "x"\n  op: "Placeholder"\n  attr { key: "dtype" value { type: DT_FLOAT } }\n'
                         b'}\nnode {{ name: "y" }\n',
         "a_file": b"not a folder\n",
+        "deep.toml": b'transforms = "fold_constants"\nx = ' + b"[" * 5000 + b"]" * 5000 + b"\n",
     }
     out = {"frozen": frozen, "tf2": tf2, "tf1": tf1}
+    # Inputs that were "internal error" (issue 11): a 50-dimension placeholder, a signature lying about its
+    # dtype, an ANSI escape in a node name.
+    out["p50"] = model_path("errors_p50.pb", models.placeholder_50_dims)
+    out["dtype_lies"] = model_path("errors_dtype_lies", models.signature_dtype_mismatch_saved_model)
+    out["hostile_node.pb"] = model_path("errors_hostile_node.pb", models.hostile_node_name_graph)
+    out["abort.pb"] = model_path("errors_abort.pb", models.abort_graph)
     for name, content in files.items():
         (root / name).write_bytes(content)
         out[name] = root / name
@@ -106,12 +113,12 @@ CORPUS_PLUGIN = """
         raise ValueError("the plugin command has a bug")
 
     @hookimpl
-    def register_passes(register):
+    def graphopt_register_passes(register):
         register(explode)
         register(dangle)
 
     @hookimpl
-    def register_commands(register):
+    def graphopt_register_commands(register):
         register("corpus-boom", "a plugin command that fails", _configure, _run)
 """
 
@@ -237,8 +244,26 @@ CASES = [
     Case("serving-dir-inside-input", lambda i, out: ["optimize", i["tf2"], "--serving-dir", i["tf2"] / "serving"],
          ExitCode.OUTPUT, "inside the input", "tf2"),
     Case("output-is-input-parent", lambda i, out: ["optimize", i["truncated.pb"], "-o", i["truncated.pb"].parent,
-                                                   "--force"],
-         ExitCode.INPUT, "not a binary GraphDef", "truncated.pb"),
+                                                   "--force"],  # refused before the model is even read
+         ExitCode.OUTPUT, "would replace a folder holding the input model", "truncated.pb"),
+    Case("output-dev-null-force", lambda i, out: ["optimize", i["frozen"], "-o", "/dev/null", "--force"],
+         ExitCode.OUTPUT, "it is a character device", "frozen"),
+    Case("report-parent-is-a-file", lambda i, out: ["optimize", i["frozen"], "-o", out, "--report",
+                                                    i["a_file"] / "report.json"],
+         ExitCode.OUTPUT, "runs through a file", "a_file"),
+    Case("serving-dir-unwritable-proc", lambda i, out: ["optimize", i["frozen"], "-o", out, "--serving-dir",
+                                                        "/proc/graphopt_base"],
+         ExitCode.OUTPUT, "/proc", "frozen"),
+    Case("placeholder-50-dims", _opt("p50"), ExitCode.INPUT, "cannot make random inputs for 'x'", "p50"),
+    Case("config-5000-deep", lambda i, out: ["optimize", i["frozen"], "-o", out, "--config", i["deep.toml"]],
+         ExitCode.USAGE, "config file nests arrays or tables too deeply", "deep.toml"),
+    Case("signature-dtype-disagrees", _opt("dtype_lies"), ExitCode.INPUT,
+         "declares input 'x' as int32, but the graph's tensor x:0 is float32", "dtype_lies"),
+    Case("escape-sequence-in-node-name", _opt("hostile_node.pb"), ExitCode.INPUT,
+         "mul\\x1b[31mRED\\x1b[0m[bold]B[/bold]\\x07", "hostile_node.pb"),
+    # Execution is confined (docs/guide/confinement.md): an allowed Abort ends the sandboxed child, not graphopt.
+    Case("abort-op-allowed", _opt("abort.pb", "--allow-op", "Abort"), ExitCode.RESOURCE,
+         "crashed: its process was killed by SIGABRT", "abort.pb"),
 ]
 
 
@@ -262,10 +287,11 @@ def test_error_corpus(case: Case, inputs, cli, tmp_path, request):
         assert line.rstrip().endswith(")"), line
         assert "\nhint: " in err, err
         assert ("Traceback" in err) is debug, err
+        assert "\x1b" not in stdout + err, err  # names from a model are escaped (no colour on a pipe either)
         if case.code == ExitCode.OUTPUT:  # found before the pipeline runs, not after minutes of work
             assert stdout == "" and not any(line.startswith("loaded ") for line in err.splitlines()), err
         assert list(tmp_path.iterdir()) == [], f"{case.id} left output behind"
-        assert not Path("/proc/graphopt_out.pb").exists()
+        assert not Path("/proc/graphopt_out.pb").exists() and not Path("/proc/graphopt_base").exists()
     assert tree_hash(inputs[case.input]) == before, f"{case.id} changed its input"
     assert not any(p.name.startswith(".") for p in inputs["a_file"].parent.iterdir())  # no temp siblings
 
@@ -470,22 +496,25 @@ def test_inspect_lists_ops_that_reach_outside(unsafe_model, cli):
     assert found["EagerPyFunc"]["reason"] == "runs arbitrary Python code" and found["ReadFile"]["function"] is None
     code, out, _ = cli("inspect", unsafe_model)
     text = " ".join(out.split())  # rich wraps long node names at the terminal's width
-    assert code == 0 and "2 ops reach outside the process" in text and "EagerPyFunc runs arbitrary Python code" in text
+    assert code == 0 and "2 ops not known to compute only" in text and "EagerPyFunc runs arbitrary Python code" in text
 
 
 def test_verify_bench_and_serve_refuse_unsafe_ops_unless_allowed(unsafe_model, cli, tmp_path):
     before = tree_hash(unsafe_model)
     code, _, err = cli("optimize", unsafe_model, "-o", tmp_path / "out")
     assert code == ExitCode.UNSAFE and "refusing to run the original model for verification" in err
-    assert "EagerPyFunc" in err and "ReadFile" in err and "--allow-unsafe-ops" in err
-    code, _, err = cli("optimize", unsafe_model, "-o", tmp_path / "out", "--allow-unsafe-ops", "ReadFile")
+    assert "EagerPyFunc" in err and "ReadFile" in err and "--allow-op EagerPyFunc --allow-op ReadFile" in err
+    code, _, err = cli("optimize", unsafe_model, "-o", tmp_path / "out", "--allow-unsafe-ops", "ReadFile")  # old name
     assert code == ExitCode.UNSAFE and "(EagerPyFunc)" in err  # only what was not allowed is named
     assert not (tmp_path / "out").exists()
     code, _, err = cli("bench", unsafe_model, "--runs", "1", "--warmup", "0", "--no-cold")
     assert code == ExitCode.UNSAFE and "refusing to run it for benchmarking" in err
-    # Optimizing without running is allowed; the export then is what serve refuses.
+    # Optimizing runs the graph too (constant folding, Grappler): refused as well, unless allowed per op.
     code, _, err = cli("optimize", unsafe_model, "--serving-dir", tmp_path / "base", "--no-verify")
-    assert code == 0, err
+    assert code == ExitCode.UNSAFE and "refusing to run the pipeline on it" in err
+    code, _, err = cli("optimize", unsafe_model, "--serving-dir", tmp_path / "base", "--no-verify",
+                       "--transforms", "fold_constants", "--allow-op", "ReadFile", "--allow-op", "EagerPyFunc")
+    assert code == 0, err  # allowed to optimize; the export then is what serve refuses
     code, _, err = cli("serve", tmp_path / "base", "--port", "0", "--rest-port", "0")
     assert code == ExitCode.UNSAFE and "refusing to serve it" in err
     assert tree_hash(unsafe_model) == before
@@ -496,7 +525,7 @@ def test_constant_folding_does_not_execute_file_reads(unsafe_model, cli, tmp_pat
     # machine and baked its length (4.0) into the optimized graph.
     out = tmp_path / "folded.pb"
     code, _, err = cli("optimize", unsafe_model, "-o", out, "--no-verify", "--transforms",
-                       "fold_constants(ignore_errors=true)")
+                       "fold_constants(ignore_errors=true)", "--allow-op", "ReadFile", "--allow-op", "EagerPyFunc")
     assert code == 0, err
     ops = _ops_of(out)
     assert "ReadFile" in ops and "StringLength" in ops
@@ -525,7 +554,7 @@ def test_loading_a_model_does_not_run_unsafe_init_ops(builder, model_path, input
     code, _, err = cli("inspect", path)
     assert code == ExitCode.UNSAFE and not written.exists()
     (line,) = _error_lines(err)
-    assert "refusing to load" in line and "WriteFile" in line and "GRAPHOPT_ALLOW_UNSAFE_LOAD=1" in err
+    assert "refusing to load" in line and "WriteFile" in line and "--allow-op WriteFile" in err
     out = folder.parent / f"{folder.name}.out"
     code, _, err = cli("optimize", path, "-o", out, "--no-verify")
     assert code == ExitCode.UNSAFE and not written.exists() and not out.exists()
@@ -533,7 +562,8 @@ def test_loading_a_model_does_not_run_unsafe_init_ops(builder, model_path, input
     # A vocabulary table read from the model's own assets is what main ops normally do: still loads.
     code, _, err = cli("inspect", inputs["tf1"], "--tags", "custom,cpu", "--signature", "scores")
     assert code == 0, err
-    # Allowed explicitly, the load runs the main op -- which is what the refusal prevented.
+    # Allowed explicitly (here by the old variable, still honoured for loading), the load runs the main op --
+    # which is what the refusal prevented.
     monkeypatch.setenv("GRAPHOPT_ALLOW_UNSAFE_LOAD", "1")
     code, _, err = cli("inspect", path, *(["--outputs", "y"] if "checkpoint" in builder.__name__ else []))
     assert code == 0, err

@@ -219,6 +219,8 @@ def _saved_model_mutations():
         st.tuples(st.just("fn_ret"), i),
         st.tuples(st.just("object_child"), i, st.sampled_from([0, 9999])),
         st.tuples(st.just("signature_input"), st.sampled_from(["ghost:0", "", "x:9"])),
+        # a signature that lies about its dtypes (int32 over a float graph was exported silently: issue 11)
+        st.tuples(st.just("signature_dtype"), st.sampled_from([0, 1, 2, 3, 7, 9, 10, 20, 1234])),
     ), min_size=1, max_size=2)
 
 
@@ -246,6 +248,10 @@ def _mutate_saved_model(sm, mutations) -> None:
             with_children = [n for n in nodes if n.children]
             if with_children:
                 with_children[m[1] % len(with_children)].children[0].node_id = m[2]
+        elif kind == "signature_dtype":
+            for sig in mg.signature_def.values():
+                for tensor in (*sig.inputs.values(), *sig.outputs.values()):
+                    tensor.dtype = m[1]
         elif kind == "signature_input":
             for sig in mg.signature_def.values():
                 for tensor in sig.inputs.values():
@@ -288,3 +294,174 @@ def test_corrupted_saved_models_raise_only_graphopt_errors(tmp_path, model_path)
 
     _fuzz_in_child("saved_model_fuzz_main", model_path("fuzz_tf2", models.keras_saved_model), tmp_path,
                    SAVED_MODEL_EXAMPLES)
+
+
+# --- issue 11: config files, names shown on a terminal, random inputs, output paths --------------------------------
+# In process and cheap: these exercise pure-Python code, with TensorFlow only for dtype names.
+
+SMALL = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _toml_texts():
+    """TOML-ish text: deep nesting of arrays and inline tables (tomllib recurses per level), broken syntax, and
+    pipeline tables with odd values."""
+    depth = st.integers(0, 6000)
+    nested = st.tuples(depth, st.sampled_from(["[", "{a = "])).map(
+        lambda t: "x = " + t[1] * t[0] + "1" + ("]" if t[1] == "[" else "}") * t[0] + "\n")
+    repeats = st.integers(0, 400).map(lambda n: "pipeline = [" + "{repeat = [" * n + '"fold_constants"' + "]}" * n
+                                      + "]\n")
+    junk = st.text(alphabet='[]{}=" ,.\nabcpassrepeatmax_iterations0123456789-', max_size=80)
+    lines = st.lists(st.one_of(nested, repeats, junk, st.just('transforms = "fold_constants"\n')), max_size=3)
+    return lines.map("".join)
+
+
+@SMALL
+@given(_toml_texts())
+def test_config_files_raise_only_usage_errors(text):
+    import tempfile
+
+    from graphopt.passes.pipeline import Pipeline
+    from graphopt.plugins import Host
+
+    host = _fuzz_host(Host)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "graphopt.toml"
+        path.write_text(text)
+        try:
+            Pipeline.from_config(path, host=host)
+        except UsageError as exc:
+            assert exc.where  # names the file (or the option) it is about
+        except GraphoptError as exc:  # e.g. a pass's own option check: still graphopt's, never a raw error
+            assert exc.code != 1, exc
+
+
+_HOSTS: list = []
+
+
+def _fuzz_host(host_cls):
+    if not _HOSTS:
+        _HOSTS.append(host_cls.create(plugins=False))
+    return _HOSTS[0]
+
+
+@FUZZ
+@given(st.text(max_size=60))
+def test_printable_leaves_no_control_character(text):
+    import unicodedata
+
+    from graphopt.cli.render import printable
+
+    for keep_lines in (False, True):
+        shown = printable(text, newlines=keep_lines)
+        for ch in shown:
+            allowed = keep_lines and ch in "\n\t"
+            assert allowed or unicodedata.category(ch) not in ("Cc", "Zl", "Zp"), (text, shown)
+            assert ch not in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069", (text, shown)
+    if all(unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") for c in text):
+        assert printable(text) == text  # ordinary names are shown as they are
+
+
+@SMALL
+@given(st.lists(st.sampled_from([None, None, 0, 1, 2, 3, 7, 100_000]), max_size=60),
+       st.sampled_from(["float32", "int32", "bool", "string", "uint8"]))
+def test_random_inputs_of_any_shape_raise_only_input_errors(shape, dtype):
+    import math
+
+    from hypothesis import assume
+
+    from graphopt.errors import InputError
+    from graphopt.model import Signature, TensorSpec
+    from graphopt.runtime.session import MAX_RANDOM_VALUES, random_inputs
+
+    filled = [(1 if i == 0 else 32) if d is None else d for i, d in enumerate(shape)] or [1]
+    values = math.prod(max(d, 1) for d in filled)  # a zero dimension does not make the others small
+    assume(values <= 100_000 or values > MAX_RANDOM_VALUES)  # never allocate the big ones that are allowed
+    sig = Signature({"x": TensorSpec("x:0", dtype, tuple(shape))}, {"y": TensorSpec("y:0", "float32", None)})
+    try:
+        arrays = random_inputs(sig, batch=1, dynamic=32)
+    except InputError as exc:
+        assert values > MAX_RANDOM_VALUES and exc.where == "input x" and "--sample" in exc.hint
+        return
+    assert values <= MAX_RANDOM_VALUES and arrays["x"].size == math.prod(filled)
+
+
+_EXISTING = ["nothing", "binary graphdef", "text graphdef", "notes", "newlines", "empty file", "json report",
+             "json list", "empty dir", "dir with a file", "saved model dir", "fifo", "link to an empty file",
+             "link to a model dir", "dangling link"]
+_CONTENT = {"binary graphdef": b"\x0a\x03\x0a\x01x", "text graphdef": b"# a comment\nnode {\n}\n",
+            "notes": b"years of work", "newlines": b"\n\n\n", "empty file": b"", "json report": b'{"passes": []}',
+            "json list": b"[1, 2]"}
+
+
+def _make_existing(path: Path, what: str) -> None:
+    import os
+
+    if what in _CONTENT:
+        path.write_bytes(_CONTENT[what])
+    elif what == "empty dir":
+        path.mkdir()
+    elif what == "dir with a file":
+        path.mkdir()
+        (path / "notes.txt").write_text("mine")
+    elif what == "saved model dir":
+        path.mkdir()
+        (path / "saved_model.pb").write_bytes(b"")
+    elif what == "fifo":
+        os.mkfifo(path)
+    elif what.startswith("link") or what == "dangling link":
+        target = path.parent / f"target_of_{path.name}"
+        if what == "link to an empty file":
+            target.write_bytes(b"")
+        elif what == "link to a model dir":
+            target.mkdir()
+            (target / "saved_model.pb").write_bytes(b"")
+        path.symlink_to(target)
+
+
+def _expected_refusal(what: str, name: str, kind: str, force: bool) -> bool:
+    """The replace rules of docs/guide/cli.md, written out independently of graphopt.savers."""
+    if what == "nothing":
+        return False
+    is_file = what in _CONTENT
+    graph_def = {"pb": "binary graphdef", "pbtxt": "text graphdef"}
+    replaceable = {
+        "saved_model": what in ("empty dir", "saved model dir"),
+        "serving_version": what in ("empty dir", "saved model dir"),
+        "report": what in ("json report", "empty file"),
+    }
+    for fmt in ("pb", "pbtxt"):
+        replaceable[fmt] = is_file and (name.lower().endswith((".pb", ".pbtxt")) or what in ("empty file",
+                                                                                             graph_def[fmt]))
+    return not (replaceable[kind] and force)
+
+
+@SMALL
+@given(st.sampled_from(_EXISTING), st.sampled_from(["out", "out.pb", "OUT.PBTXT", "r.json", "m.txt"]),
+       st.sampled_from(["saved_model", "pb", "pbtxt", "serving_version", "report"]), st.booleans())
+def test_outputs_replace_only_a_previous_output_of_their_kind(what, name, kind, force):
+    import os
+    import tempfile
+
+    from graphopt.errors import OutputError
+    from graphopt.savers import Outputs
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        _make_existing(path, what)
+
+        def snapshot():
+            return sorted((str(p.relative_to(folder)), os.lstat(p).st_mode, os.lstat(p).st_ino)
+                          for p in Path(folder).rglob("*"))
+
+        before = snapshot()
+        refused = False
+        try:
+            with Outputs(force=force) as outputs:
+                out = outputs.add(path, kind)
+                assert out.replaces == (what != "nothing")
+                assert out.lock is not None and out.lock.exists()
+        except OutputError as exc:
+            refused = True
+            assert exc.where and exc.hint
+        assert refused == _expected_refusal(what, name, kind, force), (what, name, kind, force)
+        assert snapshot() == before  # checking and reserving touch nothing (the lock is gone again)

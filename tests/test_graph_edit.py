@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.graph.edit import GraphEditor, consumers_map, join_tensor, split_tensor
+from graphopt.graph.edit import GraphEditor, consumers_map
+from graphopt.graph.names import join_tensor, split_tensor
 
 
 def _graph():

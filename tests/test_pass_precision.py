@@ -9,7 +9,8 @@ from models import small_mobilenet
 from graphopt.model import Model, Signature, TensorSpec
 from graphopt.passes.pipeline import Pipeline
 from graphopt.passes.precision import WeightsToFp16, WeightsToInt8, channel_axes, quantize_int8
-from graphopt.runtime.session import random_inputs, run_model, session_config
+from graphopt.runtime.config import session_config
+from graphopt.runtime.session import random_inputs, run_model
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_fp16_halves_weights_and_keeps_outputs(mobilenet):
     got = run_model(out, feeds)["output"]
     assert rel_diff(got, ref) <= 1e-3
     # runtime Grappler off: the Casts run per request, outputs agree up to kernel rounding (no fusion)
-    assert rel_diff(run_model(out, feeds, config=session_config(grappler=False))["output"], got) < 1e-5
+    assert rel_diff(run_model(out, feeds, config=session_config("off"))["output"], got) < 1e-5
     assert out.metadata["weight_storage"] == "fp16"
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from graphopt import Option, Pass, PassResult, function_pass, hookimpl
 from graphopt.errors import PassError, PluginError, UsageError
-from graphopt.model import node_name
+from graphopt.graph.names import node_name
 from graphopt.passes.pipeline import Pipeline, Repeat, find_config, read_config_table
 from graphopt.plugins import Host
 from graphopt.runtime.session import random_inputs, run_model
@@ -93,12 +93,12 @@ class ExamplePlugin:
         self.events = []
 
     @hookimpl
-    def register_passes(self, register):
+    def graphopt_register_passes(self, register):
         for cls in (DropOneIdentity, grow, raise_, dangling, duplicate, unknown_op, new_placeholder):
             register(cls)
 
     @hookimpl
-    def register_presets(self, register):
+    def graphopt_register_presets(self, register):
         register("test-cleanup", "{ test_drop_one_identity }*5 remove_nodes(op=CheckNumerics)",
                  "Identities one by one, then CheckNumerics.")
 
@@ -311,14 +311,14 @@ def test_records_carry_sizes_ops_and_counters(host, model):
 def _python_blocks(doc: str) -> list[str]:
     from tests.conftest import ROOT
 
-    text = (ROOT / "docs" / doc).read_text()
+    text = (ROOT / "docs" / "develop" / doc).read_text()
     return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
 
 
 def test_the_examples_in_docs_run():
     namespace: dict = {}
     for block in _python_blocks("writing-a-pass.md"):  # the last block defines and calls the test
-        exec(compile(block, "docs/writing-a-pass.md", "exec"), namespace)
+        exec(compile(block, "docs/develop/writing-a-pass.md", "exec"), namespace)
     assert namespace["ZeroTinyWeights"].name == "zero_tiny_weights"
 
 
@@ -335,7 +335,7 @@ def test_the_wrapper_example_in_the_hook_reference(model):
 
     plugin = types.ModuleType("timing_plugin")
     (block,) = [b for b in _python_blocks("hooks.md") if "def graphopt_run_pass" in b]
-    exec(compile(block, "docs/hooks.md", "exec"), plugin.__dict__)
+    exec(compile(block, "docs/develop/hooks.md", "exec"), plugin.__dict__)
     host = Host.create(plugins=True, allow=["timing"], extra=[("timing", plugin)])
     result = Pipeline.parse("fold_constants remove_nodes(op=CheckNumerics)", host=host).run(model)
     assert all("cpu_seconds" in r.counters for r in result.records)
@@ -377,7 +377,7 @@ def test_a_pass_whose_constructor_breaks_is_named():
 
     class Provider:
         @hookimpl
-        def register_passes(self, register):
+        def graphopt_register_passes(self, register):
             register(Fragile)
 
     host = Host.create(plugins=True, allow=["fragile"], extra=[("fragile", Provider())])

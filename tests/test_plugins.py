@@ -72,7 +72,7 @@ def test_plugins_json_lists_loaded_plugins_and_their_hooks(cli):
     plugins = _by_name(data["plugins"])
     assert plugins["snapshots"]["hooks"] == ["graphopt_pass_failed", "graphopt_pass_finish"]
     assert plugins["snapshots"]["distribution"] == "graphopt-snapshots" and plugins["snapshots"]["version"] == "0.1.0"
-    assert plugins["strip_metadata"]["hooks"] == ["register_passes", "register_presets"]
+    assert plugins["strip_metadata"]["hooks"] == ["graphopt_register_passes", "graphopt_register_presets"]
     assert plugins["graphopt.passes.gtt"]["kind"] == "native" and plugins["graphopt.builtin"]["kind"] == "builtin"
     assert data["failed"] == []
     code, out, _ = cli("plugins")
@@ -134,11 +134,11 @@ def broken_site(tmp_path_factory):
             return None
 
         @hookimpl
-        def register_passes(register):
+        def graphopt_register_passes(register):
             register(raises_pass)          # registered, then taken back when the plugin fails
 
         @hookimpl
-        def register_presets(register):
+        def graphopt_register_presets(register):
             raise RuntimeError("preset table corrupt")
 
         @hookimpl
@@ -153,7 +153,7 @@ def broken_site(tmp_path_factory):
             return None
 
         @hookimpl
-        def register_passes(register):
+        def graphopt_register_passes(register):
             register(fold)
     """)
     return root
@@ -309,3 +309,54 @@ def test_passes_name_shows_one_pass_or_preset(cli):
     assert code == 0 and "strip_metadata strip_unused_nodes merge_duplicate_nodes" in out
     code, _, err = cli("passes", "fold_constant")
     assert code == 2 and "fold_constants" in err
+
+
+def test_deprecated_registration_names_still_register_until_1_0():
+    # Plugins written before the one-prefix rename (register_passes / register_presets /
+    # register_commands) keep working: the aliases fill the same tables, and pluggy warns.
+    from graphopt import function_pass, hookimpl
+    from graphopt.plugins import Host
+
+    @function_pass(name="old_style_pass")
+    def old_style_pass(model):
+        return None
+
+    class OldStyle:
+        @hookimpl
+        def register_passes(self, register):
+            register(old_style_pass)
+
+        @hookimpl
+        def register_presets(self, register):
+            register("old-style", "old_style_pass strip_unused_nodes", "an old-style preset")
+
+    with pytest.warns(DeprecationWarning, match="register_passes is deprecated"):
+        host = Host.create(plugins=True, allow=["old"], extra=[("old", OldStyle())])
+    assert host.registry.passes["old_style_pass"].origin.plugin == "old"
+    assert host.registry.presets["old-style"].transforms == "old_style_pass strip_unused_nodes"
+
+
+def test_targets_are_registered_through_the_same_hook_contract():
+    from graphopt import hookimpl
+    from graphopt.plugins import Host
+
+    class Toy:
+        name = "toy-runtime"
+
+    class Dup:
+        name = "toy-runtime"
+
+    class First:
+        @hookimpl
+        def graphopt_register_targets(self, register):
+            register(Toy)
+
+    class Second:
+        @hookimpl
+        def graphopt_register_targets(self, register):
+            register(Dup)
+
+    host = Host.create(plugins=True, allow=["first", "second"], extra=[("first", First()), ("second", Second())])
+    assert host.registry.targets["toy-runtime"].cls is Toy
+    [failure] = [f for f in host.registry.failures if f.plugin == "second"]
+    assert "target 'toy-runtime' is registered twice" in failure.error

@@ -8,7 +8,7 @@ import pytest
 
 from graphopt.errors import OutputError
 from graphopt.loaders import load
-from graphopt.loaders.saved_model_tf1 import read_saved_model
+from graphopt.loaders.saved_model_proto import read_saved_model
 from graphopt.runtime.session import random_inputs, run_model
 from graphopt.savers import save, write_saved_model
 

@@ -607,7 +607,7 @@ def test_server_refuses_unsafe_ops_but_not_its_own_saver(tmp_path, cli):
     with pytest.raises(UnsafeGraphError, match="ReadFile"):
         DevServer(tmp_path / "reader", port=0, rest_port=None).start()
     code, _, err = cli("serve", tmp_path / "reader", "--port", "0", "--rest-port", "-1")
-    assert code == 7 and "--allow-unsafe-ops" in err
+    assert code == 7 and "--allow-op ReadFile" in err
     server = DevServer(tmp_path / "reader", port=0, rest_port=None, allow_unsafe=["ReadFile"]).start()
     server.stop()
 

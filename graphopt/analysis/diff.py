@@ -9,18 +9,21 @@ loop back edges are visited last instead of breaking the walk.
 
 :func:`diff_models` returns a :class:`GraphDiff`; ``to_dict()`` is the stable
 JSON of ``graphopt diff --json`` (``schema_version`` 1, documented in
-docs/analysis.md). Nothing here imports TensorFlow.
+docs/guide/analysis.md). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+import re
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphopt.analysis.stats import NodeRow, constant_info, gc_paused, node_table, op_histogram, parse_input, source_of
+from graphopt.analysis.stats import NodeRow, constant_info, gc_paused, node_table, op_histogram
 from graphopt.graph.encoding import encoded_size
+from graphopt.graph.names import parse_input, source_of
+from graphopt.hookspecs import hookimpl
 from graphopt.model import Model
 
 DIFF_SCHEMA_VERSION = 1
@@ -73,13 +76,56 @@ class Neighbourhood:
 
 @dataclass
 class GraphSide:
+    """One side of a diff: main-graph nodes and ops, each function's ops, and what its loader pruned.
+
+    ``load_pruned`` lists the nodes of the stored graph that loading dropped (unreachable from the
+    signature's outputs; ``model.metadata["load_pruned"]``, set by the loaders that prune).
+    """
+
     label: str
     nodes: int
     size_bytes: int
     ops: dict[str, int]
+    function_ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    load_pruned: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def total_ops(self) -> dict[str, int]:
+        """Ops of the main graph and every function together."""
+        total: Counter = Counter(self.ops)
+        for ops in self.function_ops.values():
+            total.update(ops)
+        return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
+    def total_nodes(self) -> int:
+        return self.nodes + sum(sum(ops.values()) for ops in self.function_ops.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "nodes": self.nodes, "size_bytes": self.size_bytes, "ops": dict(self.ops)}
+        return {"label": self.label, "nodes": self.nodes, "size_bytes": self.size_bytes, "ops": dict(self.ops),
+                "function_ops": {k: dict(v) for k, v in self.function_ops.items()},
+                "total": {"nodes": self.total_nodes, "ops": self.total_ops},
+                "load_pruned": [{"name": n, "op": op} for n, op in self.load_pruned]}
+
+
+@dataclass
+class FunctionChange:
+    """A library function added, removed or changed: its body's nodes and ops before and after."""
+
+    name: str
+    status: str  # "added" | "removed" | "changed"
+    nodes_before: int
+    nodes_after: int
+    ops_delta: dict[str, int]
+    added: list[str] = field(default_factory=list)  # body nodes, by name
+    removed: list[str] = field(default_factory=list)
+    renamed_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "renamed_from": self.renamed_from,
+                "nodes_before": self.nodes_before,
+                "nodes_after": self.nodes_after, "ops_delta": dict(self.ops_delta), "added": list(self.added),
+                "removed": list(self.removed)}
 
 
 @dataclass
@@ -94,6 +140,10 @@ class GraphDiff:
     unchanged: int
     neighbourhoods: list[Neighbourhood]
     functions: dict[str, list[str]]
+    function_changes: list[FunctionChange] = field(default_factory=list)
+    # Nodes one side holds and the other side's *loader* dropped (its stored graph still has them): the
+    # loaded graphs differ there, the stored ones do not, so they are not counted as removed or added.
+    pruned_by_loading: dict[str, list[tuple[str, str]]] = field(default_factory=lambda: {"a": [], "b": []})
 
     @property
     def renamed(self) -> int:
@@ -106,12 +156,21 @@ class GraphDiff:
         return {op: d for op, d in delta.items() if d}
 
     @property
+    def total_ops_delta(self) -> dict[str, int]:
+        """Op deltas over the main graph and every function together."""
+        a, b = self.a.total_ops, self.b.total_ops
+        delta = {op: b.get(op, 0) - a.get(op, 0) for op in sorted(set(a) | set(b))}
+        return {op: d for op, d in delta.items() if d}
+
+    @property
     def size_delta(self) -> int:
         return self.b.size_bytes - self.a.size_bytes
 
     @property
     def identical(self) -> bool:
-        return not (self.added or self.removed or self.changed or any(self.functions.values()))
+        # Functions renamed with the same content (a loader's numbering) are no difference.
+        return not (self.added or self.removed or self.changed
+                    or any(self.functions.get(k) for k in ("added", "removed", "changed")))
 
     def summary(self) -> str:
         """One line: ``-12 nodes removed, +0 added, 4 changed (1 renamed); 3.2 MB -> 1.6 MB (-50.0%)``."""
@@ -129,12 +188,17 @@ class GraphDiff:
                 "added": len(self.added), "removed": len(self.removed), "changed": len(self.changed),
                 "renamed": self.renamed, "unchanged": self.unchanged, "nodes_delta": self.b.nodes - self.a.nodes,
                 "size_delta": self.size_delta, "identical": self.identical,
+                "total_nodes_delta": self.b.total_nodes - self.a.total_nodes,
+                "pruned_by_loading": {k: len(v) for k, v in self.pruned_by_loading.items()},
             },
             "ops_delta": self.ops_delta,
+            "total_ops_delta": self.total_ops_delta,
             "added": [{"name": n, "op": op} for n, op in self.added],
             "removed": [{"name": n, "op": op} for n, op in self.removed],
             "changed": [c.to_dict() for c in self.changed],
             "functions": {k: list(v) for k, v in self.functions.items()},
+            "function_changes": [c.to_dict() for c in self.function_changes],
+            "pruned_by_loading": {k: [{"name": n, "op": op} for n, op in v] for k, v in self.pruned_by_loading.items()},
             "neighbourhoods": [n.to_dict() for n in self.neighbourhoods],
         }
 
@@ -178,7 +242,7 @@ def _struct_key(node: Any, mapping: dict[str, str] | None, unknown: set[str] | N
     for text in node.input:
         t = _canonical(text, mapping)
         if unknown is not None:
-            name = t.lstrip("^").split(":")[0]
+            name = source_of(t)
             if name in unknown:
                 t = ("^?" if t.startswith("^") else "?")
         (ctrl if t.startswith("^") else data).append(t)
@@ -217,6 +281,7 @@ def _attr_text(value: Any) -> str:
     if kind == "tensor":
         fake = type("N", (), {"name": "", "attr": {"value": value}})()
         info = constant_info(fake)
+        assert info is not None  # constant_info reads any node with a tensor 'value'
         digest = hashlib.blake2b(value.SerializeToString(deterministic=True), digest_size=6).hexdigest()
         shape = "?" if info.shape is None else ",".join(map(str, info.shape))
         return f"{info.dtype}[{shape}] {info.bytes} B #{digest}"
@@ -224,11 +289,34 @@ def _attr_text(value: Any) -> str:
     return text if len(text) <= _ATTR_TEXT_LIMIT else text[: _ATTR_TEXT_LIMIT - 3] + "..."
 
 
-def _compare(a: Any, b: Any, mapping: dict[str, str]) -> NodeChange | None:
+def _same_attr(va: Any, vb: Any, fmap: dict[str, str]) -> bool:
+    """Equal attribute values, a function of A's counting as equal to the B function it was matched with."""
+    if va == vb:
+        return True
+    if va is None or vb is None or not fmap:
+        return False
+    kind = va.WhichOneof("value")
+    if kind == "func" or (kind == "list" and va.list.func):
+        va = _translated(va, fmap)
+    return va == vb
+
+
+def _translated(value: Any, fmap: dict[str, str]) -> Any:
+    out = type(value)()
+    out.CopyFrom(value)
+    if out.HasField("func"):
+        out.func.name = fmap.get(out.func.name, out.func.name)
+    for f in out.list.func:
+        f.name = fmap.get(f.name, f.name)
+    return out
+
+
+def _compare(a: Any, b: Any, mapping: dict[str, str], fmap: dict[str, str] | None = None) -> NodeChange | None:
     if a == b and a.name == b.name:
         return None
+    fmap = fmap or {}
     change = NodeChange(name=b.name, op=b.op, renamed_from=a.name if a.name != b.name else None)
-    if a.op != b.op:
+    if fmap.get(a.op, a.op) != b.op:
         change.op_before = a.op
     after = [_canonical(t) for t in b.input]
     if [_canonical(t, mapping) for t in a.input] != after:
@@ -238,7 +326,7 @@ def _compare(a: Any, b: Any, mapping: dict[str, str]) -> NodeChange | None:
     for key in sorted(set(a.attr) | set(b.attr)):
         va = a.attr[key] if key in a.attr else None
         vb = b.attr[key] if key in b.attr else None
-        if va != vb:
+        if not _same_attr(va, vb, fmap):
             change.attrs[key] = (None if va is None else _attr_text(va), None if vb is None else _attr_text(vb))
     if (change.renamed_from is None and change.op_before is None and change.inputs_before is None
             and change.device is None and not change.attrs):
@@ -294,8 +382,8 @@ def _neighbourhoods(a_rows: list[NodeRow], b_rows: list[NodeRow], a2b: dict[str,
     for k, what in kind.items():
         g = groups.setdefault(find(k), Neighbourhood([], [], [], []))
         getattr(g, what).append(k[1])
-    for k, outside in boundary.items():
-        groups[find(k)].boundary.extend(outside)
+    for k, names in boundary.items():
+        groups[find(k)].boundary.extend(names)
     out = list(groups.values())
     for g in out:
         g.removed.sort(), g.added.sort(), g.changed.sort()
@@ -372,29 +460,162 @@ def _diff(a: Any, b: Any, a_label: str | None, b_label: str | None, structural: 
             if len(a2b) == before:
                 break
 
+    fa = {f.signature.name: f for f in ga.library.function}
+    fb = {f.signature.name: f for f in gb.library.function}
+    fmap = _match_functions(fa, fb)
     matched_b = set(a2b.values())
     removed = [(r[0], r[1]) for r in a_rows if r[0] not in a2b]
     added = [(r[0], r[1]) for r in b_rows if r[0] not in matched_b]
+    # What B's loader pruned is still in B's stored graph: not a removal (and likewise for A).
+    a_pruned, b_pruned = _load_pruned(a), _load_pruned(b)
+    pruned = {"a": [n for n in added if n[0] in {p for p, _ in a_pruned}],
+              "b": [n for n in removed if n[0] in {p for p, _ in b_pruned}]}
+    if pruned["a"] or pruned["b"]:
+        added = [n for n in added if n not in set(pruned["a"])]
+        removed = [n for n in removed if n not in set(pruned["b"])]
     changed: list[NodeChange] = []
     for an, bn in a2b.items():
-        c = _compare(a_nodes[an], b_nodes[bn], a2b)
+        c = _compare(a_nodes[an], b_nodes[bn], a2b, fmap)
         if c is not None:
             changed.append(c)
     changed.sort(key=lambda c: c.name)
 
-    fa = {f.signature.name: f for f in ga.library.function}
-    fb = {f.signature.name: f for f in gb.library.function}
     functions = {
-        "added": sorted(set(fb) - set(fa)),
-        "removed": sorted(set(fa) - set(fb)),
-        "changed": sorted(n for n in set(fa) & set(fb) if fa[n] != fb[n]),
+        "added": sorted(set(fb) - set(fmap.values())),
+        "removed": sorted(set(fa) - set(fmap)),
+        "changed": sorted(fmap[n] for n in fmap if _translated_function(fa[n], fmap) != fb[fmap[n]]),
+        "renamed": sorted([n, fmap[n]] for n in fmap if n != fmap[n]),
     }
     hoods = _neighbourhoods(a_rows, b_rows, a2b, [n for n, _ in removed], [n for n, _ in added],
                             [c.name for c in changed])
     return GraphDiff(
-        a=GraphSide(a_label or _label(a, "A"), len(a_rows), encoded_size(ga), op_histogram(ga, rows=a_rows)),
-        b=GraphSide(b_label or _label(b, "B"), len(b_rows), encoded_size(gb), op_histogram(gb, rows=b_rows)),
+        a=GraphSide(a_label or _label(a, "A"), len(a_rows), encoded_size(ga), op_histogram(ga, rows=a_rows),
+                    _function_ops(ga), a_pruned),
+        b=GraphSide(b_label or _label(b, "B"), len(b_rows), encoded_size(gb), op_histogram(gb, rows=b_rows),
+                    _function_ops(gb), b_pruned),
         added=sorted(added), removed=sorted(removed), changed=changed,
         unchanged=len(a2b) - len(changed), neighbourhoods=hoods, functions=functions,
+        function_changes=_function_changes(fa, fb, fmap, functions), pruned_by_loading=pruned,
     )
 
+
+def _function_ops(graph_def: Any) -> dict[str, dict[str, int]]:
+    return {f.signature.name: op_histogram(None, rows=node_table(f.node_def))
+            for f in sorted(graph_def.library.function, key=lambda f: f.signature.name)}
+
+
+def _load_pruned(x: Any) -> list[tuple[str, str]]:
+    pruned = x.metadata.get("load_pruned") if isinstance(x, Model) else None
+    return [(str(n), str(op)) for n, op in pruned or []]
+
+
+_NUMBERED = re.compile(r"_\d+$")
+
+
+def _function_key(fdef: Any) -> bytes:
+    """A function's content with its own name and the names of the functions it calls left out."""
+    copy = type(fdef)()
+    copy.CopyFrom(fdef)
+    copy.signature.name = ""
+    for node in copy.node_def:
+        for value in node.attr.values():
+            if value.HasField("func"):
+                value.func.name = ""
+            for f in value.list.func:
+                f.name = ""
+    return copy.SerializeToString(deterministic=True)
+
+
+def _translated_function(fdef: Any, fmap: dict[str, str]) -> Any:
+    """``fdef`` (of graph A) under its B name, calling B's names of the functions it calls."""
+    copy = type(fdef)()
+    copy.CopyFrom(fdef)
+    copy.signature.name = fmap.get(fdef.signature.name, fdef.signature.name)
+    for node in copy.node_def:
+        node.op = fmap.get(node.op, node.op)
+        for key in list(node.attr):
+            value = node.attr[key]
+            if value.HasField("func") or value.list.func:
+                value.CopyFrom(_translated(value, fmap))
+    return copy
+
+
+def _match_functions(fa: dict[str, Any], fb: dict[str, Any]) -> dict[str, str]:
+    """A function name -> B function name: same name; else the same content (a loader's counters number
+    frozen functions differently on every load: ``cond_true_frozen_4`` vs ``_298``); else the same name
+    up to a trailing number, where that is unique on both sides."""
+    fmap = {n: n for n in fa if n in fb}
+    for key_of in (_function_key, lambda f: _NUMBERED.sub("", f.signature.name).encode()):
+        left_a = [n for n in fa if n not in fmap]
+        left_b = [n for n in fb if n not in set(fmap.values())]
+        if not left_a or not left_b:
+            break
+        keys_a: dict[bytes, list[str]] = {}
+        keys_b: dict[bytes, list[str]] = {}
+        for n in left_a:
+            keys_a.setdefault(key_of(fa[n]), []).append(n)
+        for n in left_b:
+            keys_b.setdefault(key_of(fb[n]), []).append(n)
+        for key, names in keys_a.items():
+            if len(names) == 1 and len(keys_b.get(key, ())) == 1:
+                fmap[names[0]] = keys_b[key][0]
+    return fmap
+
+
+def _function_changes(fa: dict[str, Any], fb: dict[str, Any], fmap: dict[str, str],
+                      functions: dict[str, list[str]]) -> list[FunctionChange]:
+    """Per added, removed or changed function: nodes and ops of its body before and after, nodes by name."""
+    out = []
+    back = {b: a for a, b in fmap.items()}
+    for status in ("removed", "added", "changed"):
+        for name in functions[status]:
+            a_name = name if status == "removed" else back.get(name)
+            before = list(fa[a_name].node_def) if a_name in fa else []
+            after = list(fb[name].node_def) if status != "removed" and name in fb else []
+            ops_a = Counter(n.op for n in before)
+            ops_b = Counter(n.op for n in after)
+            delta = {op: ops_b[op] - ops_a[op] for op in sorted(set(ops_a) | set(ops_b)) if ops_b[op] != ops_a[op]}
+            names_a, names_b = {n.name for n in before}, {n.name for n in after}
+            out.append(FunctionChange(name, status, len(before), len(after), delta, sorted(names_b - names_a),
+                                      sorted(names_a - names_b),
+                                      renamed_from=a_name if status == "changed" and a_name != name else None))
+    return out
+
+
+
+# --- what single passes changed, during a pipeline run ---------------------------------------
+
+
+class PassDiffs:
+    """A plugin that diffs the graph before and after the chosen passes of a pipeline run.
+
+    ``passes`` names passes (``["fold_all_batch_norms"]``) or is ``["all"]``. Register it on a
+    host (``host.pm.register(PassDiffs([...]))``); after the run, :attr:`diffs` holds one
+    ``(pass name, iteration, GraphDiff)`` per run of a chosen pass that succeeded (a pass that
+    changed nothing gets an identical diff). ``graphopt optimize --diff PASS|all`` uses it.
+    Each diff is computed right after its pass, so no graph is kept beyond the run.
+    """
+
+    def __init__(self, passes: list[str] | tuple[str, ...]) -> None:
+        self.passes = set(passes)
+        self.diffs: list[tuple[str, int | None, GraphDiff]] = []
+
+    def wants(self, name: str) -> bool:
+        return "all" in self.passes or name in self.passes
+
+    @hookimpl
+    def graphopt_pipeline_start(self, pipeline, model, context) -> None:
+        self.diffs = []
+
+    @hookimpl
+    def graphopt_pass_finish(self, pass_, before, result, context) -> None:
+        if not self.wants(pass_.name):
+            return
+        record = context.records[-1] if context.records else None
+        after = result.model if result.modified else before
+        diff = diff_models(before, after, a_label=f"before {pass_.name}", b_label=f"after {pass_.name}")
+        self.diffs.append((pass_.name, getattr(record, "iteration", None), diff))
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The JSON ``--report`` keeps under ``"diffs"``."""
+        return [{"pass": name, "iteration": iteration, "diff": diff.to_dict()} for name, iteration, diff in self.diffs]

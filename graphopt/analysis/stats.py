@@ -9,7 +9,7 @@ since one producer may feed several inputs of one consumer) and ``control``
 (``NextIteration`` feeds ``Merge``); nothing here assumes a DAG.
 
 :func:`analyze` returns :class:`GraphStats`, plain data with ``to_dict()`` for
-JSON (schema in docs/analysis.md). It is a read-only view: no TensorFlow call
+JSON (schema in docs/guide/analysis.md). It is a read-only view: no TensorFlow call
 runs the graph, and constants are sized from their protos without decoding.
 """
 

@@ -1,17 +1,27 @@
 """``graphopt``: global flags, the command table from the plugin registry, and error rendering.
 
 Commands (built-in and from plugins) are registered through the
-``register_commands`` hook. Any :class:`GraphoptError` is printed as one
+``graphopt_register_commands`` hook. Any :class:`GraphoptError` is printed as one
 paragraph on stderr and turned into its class's exit code; anything else is an
 internal error. Tracebacks appear only with ``--debug``.
+
+Everything printed goes through consoles that escape control characters (names
+from a model can hold ANSI escapes), and SIGTERM/SIGHUP unwind like Ctrl-C, so
+the ``finally`` blocks of the writers remove their temporaries: exit 130 for
+SIGINT, 128 + the signal's number for the others (143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from graphopt import __version__
+from graphopt.cli.render import install_escaping, printable
 from graphopt.errors import ExitCode, GraphoptError
 from graphopt.plugins import Host, set_default_host
 
@@ -35,6 +46,8 @@ class CliContext:
 
 # Commands that never touch TensorFlow: importing it (seconds) just to silence it would be waste.
 _LIGHT_COMMANDS = {"passes", "plugins", None}
+# Commands that run a model's graph in one shared sandboxed child (graphopt.security.sandbox): started early.
+_SANDBOXED_COMMANDS = {"optimize"}
 
 
 def _quiet_tensorflow() -> None:
@@ -76,7 +89,28 @@ def _global_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's own logs")
     p.add_argument("--no-plugins", action="store_true", help="load no third-party plugins (also GRAPHOPT_NO_PLUGINS=1)")
     p.add_argument("--plugins", metavar="A,B", help="load only these plugins (also GRAPHOPT_PLUGINS=a,b)")
+    # Limits of the sandboxed child processes a model's graph runs in (docs/guide/confinement.md).
+    p.add_argument("--memory-limit", metavar="SIZE", help="address space of each process running a model's graph "
+                   "(e.g. 16G; default max(8G, 4x the model); also GRAPHOPT_MEMORY_LIMIT)")
+    p.add_argument("--cpu-limit", metavar="SECONDS", help="CPU time per run of a model's graph (default 1200; "
+                   "also GRAPHOPT_CPU_LIMIT)")
+    p.add_argument("--time-limit", metavar="SECONDS", help="wall-clock time per run of a model's graph "
+                   "(default 600; also GRAPHOPT_TIME_LIMIT)")
     return p
+
+
+def _configure_sandbox(pre: argparse.Namespace) -> None:
+    from graphopt.security import sandbox
+
+    sandbox.reset_configuration()  # one CLI run's flags must not outlive it (tests call main() repeatedly)
+    given: dict[str, Any] = {}  # only the flags given; 0 means no limit
+    if pre.memory_limit is not None:
+        given["memory_bytes"] = sandbox.parse_bytes(pre.memory_limit, where="--memory-limit")
+    if pre.cpu_limit is not None:
+        given["cpu_seconds"] = sandbox.parse_seconds(pre.cpu_limit, where="--cpu-limit")
+    if pre.time_limit is not None:
+        given["wall_seconds"] = sandbox.parse_seconds(pre.time_limit, where="--time-limit")
+    sandbox.configure(**given)
 
 
 def build_parser(host: Host) -> argparse.ArgumentParser:
@@ -93,32 +127,101 @@ def build_parser(host: Host) -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_error(error: GraphoptError) -> GraphoptError:
+    """``error`` with its text escaped: messages quote node names, signature keys, op names and paths from
+    the model, which may hold ANSI escapes or other control characters. Line breaks stay in the message
+    and details (TF's errors span lines); ``where`` and ``hint`` are one line each."""
+    fields: dict[str, Any] = {
+        "message": printable(error.message, newlines=True),
+        "where": None if error.where is None else printable(error.where),
+        "hint": None if error.hint is None else printable(error.hint),
+        "details": [printable(d, newlines=True) for d in error.details],
+    }
+    try:
+        return dataclasses.replace(error, **fields)
+    except (TypeError, ValueError):  # a subclass with a constructor of its own: render as the base class
+        return GraphoptError(code=error.code, **fields)  # type: ignore[arg-type]
+
+
 def _render_error(err: Console, error: GraphoptError) -> None:
-    text = error.render().split("\n")
+    shown = _printable_error(error)
+    text = shown.render().split("\n")
     # escaped: messages quote TF errors, paths and node names, where "[/x]" would be read as markup (and raise)
     err.print(f"[bold red]error:[/] {escape(text[0])}", highlight=False, markup=True, soft_wrap=True)
-    for line in text[1:]:
-        style = "yellow" if line.startswith("hint:") else "dim"
+    for i, line in enumerate(text[1:], 1):
+        style = "yellow" if shown.hint and i == len(text) - 1 else "dim"  # the hint is the last line, always
         err.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so the run unwinds (and cleans up) as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    # Once: a second signal must not cut short the cleanup the first one started (SIGKILL still works).
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into :class:`Terminated` while the CLI runs (main thread, default handlers only:
+    an application embedding the CLI keeps its own)."""
+    installed: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+                installed[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
+    err = Console(stderr=True)
+    install_escaping([err])
+    try:
+        with _terminate_as_interrupt():
+            return _main(argv, err)
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        err.print(f"[red]terminated[/] ({name}): temporary files were removed", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]: temporary files were removed", highlight=False)
+        return 130
+
+
+def _main(argv: list[str] | None, err: Console) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     pre, _ = _global_parser().parse_known_args(argv)
-    err = Console(stderr=True)
     if not pre.debug:
         _quiet_tensorflow()
     try:
+        _configure_sandbox(pre)
         allow = [a for a in pre.plugins.split(",")] if pre.plugins else None
         host = Host.create(plugins=False if pre.no_plugins else None, allow=allow)
     except GraphoptError as exc:
         _render_error(err, exc)
         return int(exc.code)
     set_default_host(host)
-    ctx = CliContext(console=Console(), err=err, host=host, debug=pre.debug)
+    out = Console()
+    install_escaping([out])  # every command's output, plugins' included: control characters escaped
+    ctx = CliContext(console=out, err=err, host=host, debug=pre.debug)
     for failure in host.registry.failures:
         warning = failure.to_error()
-        err.print(f"[yellow]warning:[/] {escape(warning.message)} ({escape(warning.where or '')})", highlight=False,
+        err.print(f"[yellow]warning:[/] {escape(printable(warning.message))} ({escape(printable(warning.where or ''))})",
+                  highlight=False,
                   soft_wrap=True)  # escaped: a plugin's error text may hold [brackets] rich reads as markup
         if pre.debug and failure.trace:
             err.print(failure.trace, highlight=False, markup=False, soft_wrap=True, end="")
@@ -128,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return int(ExitCode.USAGE)
     try:
+        if args.command in _SANDBOXED_COMMANDS:  # its child imports TensorFlow while this process does too
+            from graphopt.security.sandbox import prestart
+
+            prestart()
         if not pre.debug and args.command not in _LIGHT_COMMANDS:
             _import_tensorflow_silently()
         code = args._run(args, ctx)
@@ -137,9 +244,6 @@ def main(argv: list[str] | None = None) -> int:
             err.print_exception()
         _render_error(err, exc)
         return int(exc.code)
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
-        return 130
     except Exception as exc:  # a bug: say so plainly, traceback only with --debug
         if pre.debug:
             err.print_exception()

@@ -10,11 +10,13 @@ status words), so they read the same with ``NO_COLOR`` or in a log file.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderHook, RenderResult
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -33,6 +35,64 @@ _STATUS = {  # status -> (mark, style); the mark carries the meaning without col
     "rolled_back": ("↺", "yellow"),
     "failed": ("✗", "bold red"),
 }
+
+
+# --- names from a model reach the terminal escaped -----------------------------------------------------------
+# Node, op, function and signature names, attribute values and paths come from files a stranger may have
+# written. A raw ESC or other control character would let them recolour, rewrite or hide what graphopt
+# prints (and Unicode bidi controls reorder it); "[bold]" in a name would be read as rich markup. Every
+# view therefore shows such strings through printable() and as Text (never markup), and the consoles the
+# CLI makes escape whatever control character still reaches them (install_escaping).
+
+_BIDI_AND_INVISIBLE = r"\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb"
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f" + _BIDI_AND_INVISIBLE + "]")
+_UNPRINTABLE_INLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f" + _BIDI_AND_INVISIBLE + "]")  # keeps \t and \n
+
+
+def _escape_char(match: re.Match) -> str:
+    c = ord(match.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: object, *, newlines: bool = False) -> str:
+    """``text`` with every control, bidi and zero-width character written as an escape (``\\x1b``).
+
+    ``newlines=True`` keeps line breaks and tabs (multi-line messages); names never need them.
+    """
+    return (_UNPRINTABLE_INLINE if newlines else _UNPRINTABLE).sub(_escape_char, str(text))
+
+
+def plain(text: object, style: str = "") -> Text:
+    """A model's string as a rich ``Text``: escaped, never read as markup."""
+    return Text(printable(text), style=style)
+
+
+class _Escaped:
+    """Renders another renderable and escapes control characters left in its text (not in rich's own
+    control codes, which are separate segments)."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            if segment.control or not _UNPRINTABLE_INLINE.search(segment.text):
+                yield segment
+            else:
+                yield Segment(printable(segment.text, newlines=True), segment.style)
+
+
+class _EscapeHook(RenderHook):
+    """A rich render hook: every renderable printed on the console goes through :class:`_Escaped`."""
+
+    def process_renderables(self, renderables: list[Any]) -> list[Any]:
+        return [_Escaped(r) for r in renderables]  # type: ignore[misc]
+
+
+def install_escaping(consoles: Iterable[Console]) -> None:
+    """Make ``consoles`` escape control characters in anything printed on them (the CLI's safety net)."""
+    for console in consoles:
+        console.push_render_hook(_EscapeHook())
 
 
 # Glyphs for terminals that cannot encode them (LANG=C, PYTHONIOENCODING=ascii); rich itself
@@ -85,7 +145,7 @@ def _bar(count: int, top: int, style: str) -> Text:
 
 def _ops_delta_text(delta: dict[str, int], limit: int = 3) -> str:
     items = sorted(delta.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-    text = ", ".join(f"{d:+d} {op}" for op, d in items[:limit])
+    text = ", ".join(f"{d:+d} {printable(op)}" for op, d in items[:limit])
     return text + (f", +{len(items) - limit} more ops" if len(items) > limit else "")
 
 
@@ -123,10 +183,19 @@ def render_report(console: Console, result: "PipelineResult", *, title: str | No
         counters = {k: v for k, v in rec.counters.items() if v}  # zeros say nothing the status does not
         if counters:
             parts.append(Text(", ".join(f"{k}={v}" for k, v in counters.items()), style="cyan"))
+        fn_changes = getattr(rec, "functions", None) or {}
+        if fn_changes:
+            items = [f"{printable(name)} {c['nodes_before']}→{c['nodes_after']}" + (
+                f" ({_ops_delta_text(c['ops_delta'], 2)})" if c["ops_delta"] else "")
+                for name, c in list(fn_changes.items())[:2]]
+            more = f"; +{len(fn_changes) - 2} more functions" if len(fn_changes) > 2 else ""
+            parts.append(Text(f"in {len(fn_changes)} function(s): " + "; ".join(items) + more, style="magenta"))
+        if getattr(rec, "functions_pruned", None):
+            parts.append(Text(f"pruned {len(rec.functions_pruned)} unused function(s)", style="magenta"))
         if rec.error:
-            parts.append(Text(rec.error.split("\n")[0], style="red"))
+            parts.append(plain(rec.error.split("\n")[0], style="red"))
         for note in rec.notes[:2]:
-            parts.append(Text(note, style="dim"))
+            parts.append(plain(note, style="dim"))
         changes = Text("\n").join(parts) if parts else Text("")
         table.add_row(name, nodes, size, changes, f"{rec.seconds:.2f}s")
     console.print(table)
@@ -138,7 +207,28 @@ def render_report(console: Console, result: "PipelineResult", *, title: str | No
         line = Text("total: ", style="bold")
         line.append(f"nodes {n0} → {n1}, size {human_bytes(s0)} → {human_bytes(s1)} ({_pct(s0, s1)}), "
                     f"{len(result.records)} passes in {result.seconds:.2f}s")
+        totals = [r.total for r in result.records if getattr(r, "total", None)]
+        if totals and (totals[0]["nodes_before"] != n0 or totals[-1]["nodes_after"] != n1):
+            line.append(f"; with function bodies {totals[0]['nodes_before']} → {totals[-1]['nodes_after']} nodes")
         console.print(line)
+
+
+@_encoding_safe
+def render_explanations(console: Console, explanations: list[dict[str, Any]], *, title: str | None = None) -> None:
+    """One line per rule and candidate site (``✓`` fired, ``·`` not, and why), grouped by function body."""
+    if title:
+        fired = sum(1 for e in explanations if e["fired"])
+        console.print(Text(f"{title}: {fired} fired, {len(explanations) - fired} not", style="bold"))
+    where = object()
+    for e in explanations:
+        if e.get("function") != where:
+            where = e.get("function")
+            if where is not None:
+                console.print(Text(f"  in function {where}", style="dim"))
+        mark, style = ("✓", "green") if e["fired"] else ("·", "yellow")
+        line = Text(f"  {mark} ", style=style)
+        line.append(e["text"])
+        console.print(line, soft_wrap=True)
 
 
 # --- inspect -------------------------------------------------------------------------------
@@ -152,7 +242,7 @@ def _histogram_table(ops: dict[str, int], limit: int = MAX_ROWS) -> Table:
     top = max(ops.values(), default=0)
     items = list(ops.items())
     for op, count in items[:limit]:
-        table.add_row(op, str(count), _bar(count, top, "cyan"))
+        table.add_row(plain(op), str(count), _bar(count, top, "cyan"))
     if len(items) > limit:
         rest = sum(c for _, c in items[limit:])
         table.add_row(Text(f"… {len(items) - limit} more ops", style="dim"), str(rest), "")
@@ -170,18 +260,18 @@ def _signature_table(stats: "GraphStats") -> Table:
         for t in items:
             shape = "?" if t.get("shape") is None else "[" + ",".join("?" if d is None else str(d)
                                                                         for d in t["shape"]) + "]"
-            table.add_row(kind, t.get("key") or "", t["name"], t.get("dtype") or "?", shape)
+            table.add_row(kind, plain(t.get("key") or ""), plain(t["name"]), plain(t.get("dtype") or "?"), shape)
     return table
 
 
 @_encoding_safe
 def render_inspect(console: Console, stats: "GraphStats", *, limit: int = MAX_ROWS) -> None:
     """Signature, totals, op histogram as bars, largest constants and unreachable nodes."""
-    head = Text(stats.source or "graph", style="bold")
+    head = plain(stats.source or "graph", style="bold")
     if stats.format:
         head.append(f" ({stats.format})", style="dim")
     if stats.signature:
-        head.append(f"  signature {stats.signature['key']}", style="dim")
+        head.append(f"  signature {printable(stats.signature['key'])}", style="dim")
     console.print(head)
     console.print(_signature_table(stats))
     shape = "cyclic (TF1 loops)" if stats.cyclic else f"longest path {stats.longest_path}"
@@ -205,29 +295,42 @@ def render_inspect(console: Console, stats: "GraphStats", *, limit: int = MAX_RO
         t.add_column("size", justify="right", no_wrap=True)
         for c in stats.largest_constants:
             shape = "?" if c.shape is None else "[" + ",".join(map(str, c.shape)) + "]"  # compact: names need the room
-            t.add_row(c.name, c.dtype, shape, human_bytes(c.bytes))
+            t.add_row(plain(c.name), plain(c.dtype), shape, human_bytes(c.bytes))
         console.print(t)
     if stats.unreachable:
         n = len(stats.unreachable)
         console.print(Text(f"\n{n} nodes unreachable from the outputs", style="bold yellow"))
         shown = stats.unreachable[:limit]
-        console.print(escape(", ".join(shown)) + (f" … and {n - len(shown)} more" if n > len(shown) else ""),
+        console.print(escape(printable(", ".join(shown))) + (f" … and {n - len(shown)} more" if n > len(shown) else ""),
                       highlight=False, style="yellow")
     else:
         console.print(Text("\nevery node feeds an output", style="green"))
     if stats.unsafe_ops:
         n = len(stats.unsafe_ops)
-        console.print(Text(f"\n{n} ops reach outside the process (verify, bench and serve refuse to run them "
-                           "without --allow-unsafe-ops)", style="bold red"))
+        console.print(Text(f"\n{n} ops not known to compute only (optimize, verification, bench and serve "
+                           "refuse to run them without --allow-op OP; docs/guide/security.md)", style="bold red"))
         for u in stats.unsafe_ops[:limit]:
             where = f"{u['function']}/{u['node']}" if u["function"] else u["node"]
-            console.print(f"  {escape(where)}: {u['op']} {u['reason']}", highlight=False, style="red")
+            if u.get("nested"):
+                where = f"[graph in {u['nested']}] {where}"
+            console.print(f"  {escape(printable(where))}: {escape(printable(u['op']))} {escape(printable(u['reason']))}",
+                          highlight=False,
+                          style="red")
         if n > limit:
             console.print(f"  … and {n - limit} more", highlight=False, style="red")
     if stats.functions:
         console.print(Text(f"\nfunctions ({stats.num_functions})", style="bold"))
-        for name, count in list(stats.functions.items())[:limit]:
-            console.print(f"  {escape(name)}: {count} nodes", highlight=False)
+        for name in list(stats.functions)[:limit]:
+            ops = stats.function_ops.get(name, {})
+            top = ", ".join(f"{n} {op}" for op, n in list(ops.items())[:4]) + (" …" if len(ops) > 4 else "")
+            console.print(f"  {escape(printable(name))}: {sum(ops.values())} nodes"
+                          + (f" ({escape(printable(top))})" if top else ""),
+                          highlight=False)
+        if stats.num_functions > limit:
+            console.print(f"  … and {stats.num_functions - limit} more", highlight=False, style="dim")
+        console.print(Text("\nops in total (main graph and functions)", style="bold"))
+        console.print(f"{stats.total_nodes} nodes", highlight=False)
+        console.print(_histogram_table(stats.total_ops, limit))
 
 
 # --- diff ------------------------------------------------------------------------------------
@@ -267,7 +370,7 @@ def _histograms_side_by_side(diff: "GraphDiff", limit: int) -> Table:
     table.add_column("Δ", justify="right")
     for op in rows:
         ca, cb = a.get(op, 0), b.get(op, 0)
-        table.add_row(op, str(ca), _bar(ca, top, "blue"), str(cb), _bar(cb, top, "magenta"),
+        table.add_row(plain(op), str(ca), _bar(ca, top, "blue"), str(cb), _bar(cb, top, "magenta"),
                       _signed(cb - ca) if cb != ca else Text(""))
     hidden = len(ops) + len(rest) - len(rows)
     if hidden:
@@ -277,8 +380,8 @@ def _histograms_side_by_side(diff: "GraphDiff", limit: int) -> Table:
 
 def _change_line(c: "NodeChange") -> Text:
     t = Text("~ ", style="yellow")
-    t.append(c.name, style="yellow")
-    t.append(f" ({c.op})", style="dim")
+    t.append(printable(c.name), style="yellow")
+    t.append(f" ({printable(c.op)})", style="dim")
     bits: list[str] = []
     if c.renamed_from:
         bits.append(f"renamed from {c.renamed_from}")
@@ -296,7 +399,7 @@ def _change_line(c: "NodeChange") -> Text:
         else:
             bits.append(f"attr {key}: {before} → {after}")
     if bits:
-        t.append(": " + "; ".join(bits))
+        t.append(": " + printable("; ".join(bits)))
     return t
 
 
@@ -304,18 +407,40 @@ def _change_line(c: "NodeChange") -> Text:
 def render_diff(console: Console, diff: "GraphDiff", *, limit: int = MAX_ROWS, neighbourhoods: int = 10) -> None:
     """Summary line, the two op histograms side by side, then the changed neighbourhoods."""
     console.print(diff_summary_text(diff))
-    console.print(Text(f"A: {diff.a.label}\nB: {diff.b.label}", style="dim"), overflow="fold")
+    console.print(Text(f"A: {printable(diff.a.label)}\nB: {printable(diff.b.label)}", style="dim"), overflow="fold")
     if diff.identical:
         console.print(Text("the graphs are identical", style="green"))
         return
     console.print()
     console.print(_histograms_side_by_side(diff, limit))
     fn = diff.functions
-    if any(fn.values()):
-        console.print(f"\nfunctions: -{len(fn['removed'])} +{len(fn['added'])} ~{len(fn['changed'])}", highlight=False)
-        for kind, mark in (("removed", "-"), ("added", "+"), ("changed", "~")):
-            for name in fn[kind][:limit]:
-                console.print(f"  {mark} {escape(name)}", highlight=False)
+    if any(fn.get(k) for k in ("added", "removed", "changed")):
+        renamed = f" ({len(fn['renamed'])} renamed, same content)" if fn.get("renamed") else ""
+        console.print(f"\nfunctions: -{len(fn['removed'])} +{len(fn['added'])} ~{len(fn['changed'])}{renamed}",
+                      highlight=False)
+        marks = {"removed": ("-", "red"), "added": ("+", "green"), "changed": ("~", "yellow")}
+        for change in getattr(diff, "function_changes", [])[:limit]:
+            mark, style = marks[change.status]
+            line = Text(f"  {mark} {printable(change.name)}", style=style)
+            if change.renamed_from:
+                line.append(f" (was {printable(change.renamed_from)})", style="dim")
+            line.append(f" {change.nodes_before}→{change.nodes_after} nodes", style="dim")
+            if change.ops_delta:
+                line.append(f": {_ops_delta_text(change.ops_delta)}")
+            console.print(line, overflow="fold")
+        a_total, b_total = diff.a.total_nodes, diff.b.total_nodes
+        delta = diff.total_ops_delta
+        console.print(f"in total (main graph and functions): {a_total}→{b_total} nodes"
+                      + (f"; {escape(_ops_delta_text(delta, 6))}" if delta else ""), highlight=False)
+    pruned = getattr(diff, "pruned_by_loading", {}) or {}
+    for side, label in (("b", diff.b.label), ("a", diff.a.label)):
+        if pruned.get(side):
+            n = len(pruned[side])
+            names = printable(", ".join(name for name, _ in pruned[side][:4])) + (" …" if n > 4 else "")
+            other = "A" if side == "b" else "B"
+            console.print(Text(f"\nloading {side.upper()} ({printable(label)}) pruned {n} node(s) its outputs do not "
+                               f"need, which {other} still holds: not counted as changes ({names})", style="dim"),
+                          overflow="fold")
     hoods = diff.neighbourhoods
     if not hoods:
         return
@@ -330,13 +455,13 @@ def render_diff(console: Console, diff: "GraphDiff", *, limit: int = MAX_ROWS, n
         head.append(f"~{len(hood.changed)}", style="yellow")
         if hood.boundary:
             shown = hood.boundary[:4]
-            head.append(f"  around {', '.join(shown)}" + (" …" if len(hood.boundary) > 4 else ""), style="dim")
+            head.append(f"  around {printable(', '.join(shown))}" + (" …" if len(hood.boundary) > 4 else ""), style="dim")
         console.print(head)
         lines: list[Text] = []
         for name in hood.removed:
-            lines.append(Text(f"- {name} ({ops_a.get(name, '?')})", style="red"))
+            lines.append(Text(f"- {printable(name)} ({printable(ops_a.get(name, '?'))})", style="red"))
         for name in hood.added:
-            lines.append(Text(f"+ {name} ({ops_b.get(name, '?')})", style="green"))
+            lines.append(Text(f"+ {printable(name)} ({printable(ops_b.get(name, '?'))})", style="green"))
         for name in hood.changed:
             lines.append(_change_line(changes[name]))
         for line in lines[:limit]:

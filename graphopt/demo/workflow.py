@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from graphopt.graph.names import node_name
+
 SEED_TRANSFORMS = ("remove_attribute(attribute_name=_class) remove_nodes(op=Identity, op=CheckNumerics) "
                    "strip_unused_nodes fold_constants(ignore_errors=true) fold_batch_norms fold_old_batch_norms "
                    "merge_duplicate_nodes")
@@ -197,7 +199,7 @@ def freeze_in_place(sess: Any, graph: Any, drop_scopes: tuple[str, ...] = ("modu
     consumers: dict[str, list[str]] = {}
     for n in graph_def.node:
         for inp in n.input:
-            consumers.setdefault(inp.lstrip("^").split(":")[0], []).append(n.name)
+            consumers.setdefault(node_name(inp), []).append(n.name)
     stack = list(drop)
     while stack:  # everything downstream of a dropped node goes too (data or control)
         for c in consumers.get(stack.pop(), ()):

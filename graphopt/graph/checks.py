@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from graphopt.errors import PassError
-from graphopt.model import Model, node_name
+from graphopt.graph.names import node_name
+from graphopt.model import Model
 
 
 def structural_problems(graph_def, must_keep: Iterable[str] = ()) -> list[str]:

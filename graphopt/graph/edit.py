@@ -9,39 +9,41 @@ rebuilt lazily after edits; removals are applied in one sweep by
 :meth:`GraphEditor.commit`, because deleting from a protobuf repeated field one
 node at a time is quadratic on large graphs.
 
+The plumbing every pass needs, and where it is:
+
+=========================================  ===================================================
+who reads a node or tensor                 :meth:`GraphEditor.consumers`, ``data_consumers``,
+                                           ``control_consumers``; :func:`consumers_map` (no editor)
+remove a node, its readers read others     :meth:`GraphEditor.remove_and_rewire` (data and
+                                           control edges, then what only it fed)
+remove what only X feeds                   :meth:`GraphEditor.remove_with_inputs`,
+                                           :meth:`GraphEditor.prune_dead`
+the constant value through Identity        :meth:`GraphEditor.const_value` (also small arithmetic),
+                                           :meth:`GraphEditor.const_root`; :func:`constant_value`
+a static shape                             :meth:`GraphEditor.static_shape`
+fresh names, new nodes                     :meth:`GraphEditor.unique_name`, ``add_node``, ``add_const``
+drop unused library functions              :func:`prune_functions`
+=========================================  ===================================================
+
+The pattern rewriter (:mod:`graphopt.rewrite`) is built on these; a pass written
+by hand uses them directly.
+
 No TensorFlow import at module level; TF is needed only to convert tensors.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from graphopt.model import node_name
+from graphopt.graph.names import join_tensor, node_name, split_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from tensorflow.core.framework.graph_pb2 import GraphDef
     from tensorflow.core.framework.node_def_pb2 import NodeDef
-
-
-def split_tensor(name: str) -> tuple[str, int]:
-    """``"a:1"`` -> ``("a", 1)``; ``"a"`` -> ``("a", 0)``; control inputs (``"^a"``) -> ``("a", -1)``."""
-    if name.startswith("^"):
-        return name[1:], -1
-    head, sep, port = name.rpartition(":")
-    if sep and port.isdigit():
-        return head, int(port)
-    return name, 0
-
-
-def join_tensor(node: str, port: int) -> str:
-    """Inverse of :func:`split_tensor`, in GraphDef's canonical spelling (port 0 has no suffix)."""
-    if port < 0:
-        return "^" + node
-    return node if port == 0 else f"{node}:{port}"
 
 
 def consumers_map(graph_def: "GraphDef") -> dict[str, list[tuple["NodeDef", int]]]:
@@ -86,6 +88,60 @@ def unused_name(base: str, names: set[str]) -> str:
     return name
 
 
+def constant_value(graph_def: "GraphDef", tensor: str) -> np.ndarray | None:
+    """The value of ``tensor`` if Const nodes alone compute it (through Identity and the like), else None.
+
+    A one-off lookup; a pass that asks many times keeps a :class:`GraphEditor` (it indexes once).
+    """
+    return GraphEditor(graph_def).const_value(tensor)
+
+
+def function_references(node: Any) -> list[str]:
+    """Names of the functions a node calls: its op (a library function), and every ``func`` attribute
+    (``If``'s branches, ``While``'s cond and body, ``PartitionedCall``'s ``f``, lists of them)."""
+    out = [node.op]
+    for value in node.attr.values():
+        if value.HasField("func"):
+            out.append(value.func.name)
+        elif value.HasField("list"):
+            out.extend(f.name for f in value.list.func)
+    return out
+
+
+def prune_functions(graph_def: "GraphDef") -> list[str]:
+    """Remove the library functions nothing in the main graph calls, directly or through other functions.
+
+    A function's registered gradient (``library.gradient``) is kept with it. Returns the names of the
+    functions removed, sorted. Passes that inline or drop calls leave such functions behind; TensorFlow
+    would load them (and keep their constants) for nothing.
+    """
+    library = graph_def.library
+    if not library.function:
+        return []
+    by_name = {f.signature.name: f for f in library.function}
+    gradients = {g.function_name: g.gradient_func for g in library.gradient}
+    used: set[str] = set()
+    todo = [name for node in graph_def.node for name in function_references(node) if name in by_name]
+    while todo:
+        name = todo.pop()
+        if name in used or name not in by_name:
+            continue
+        used.add(name)
+        todo.extend(ref for node in by_name[name].node_def for ref in function_references(node) if ref in by_name)
+        if name in gradients:
+            todo.append(gradients[name])
+    unused = sorted(set(by_name) - used)
+    if unused:
+        drop = set(unused)
+        kept = [f for f in library.function if f.signature.name not in drop]
+        kept_gradients = [g for g in library.gradient if g.function_name not in drop]
+        del library.function[:]
+        library.function.extend(kept)
+        del library.gradient[:]
+        library.gradient.extend(kept_gradients)
+    return unused
+
+
 class GraphEditor:
     """An index over a GraphDef that a pass edits in place, then :meth:`commit`\\ s.
 
@@ -103,6 +159,7 @@ class GraphEditor:
         self.removed: set[str] = set()
         self._consumers: dict[str, dict[tuple[str, int], Any]] | None = None
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._shapes: dict[str, list[tuple[int | None, ...] | None]] | None = None
 
     # -- lookup ---------------------------------------------------------------
 
@@ -190,13 +247,14 @@ class GraphEditor:
         ins = self.data_inputs(node)
         if node.op in _PASS_THROUGH and len(ins) == 1:
             return self.const_value(ins[0])
-        args = [self.const_value(i) for i in ins]
-        if any(a is None for a in args):
+        maybe = [self.const_value(i) for i in ins]
+        args = [a for a in maybe if a is not None]
+        if len(args) != len(maybe):
             return None
         try:
             with np.errstate(all="ignore"):
                 if node.op in _UNARY and len(args) == 1:
-                    return np.asarray(_UNARY[node.op](args[0])).astype(args[0].dtype)
+                    return np.asarray(_UNARY[node.op](args[0])).astype(args[0].dtype)  # type: ignore[operator]
                 if node.op in _BINARY and len(args) == 2:
                     return np.asarray(_BINARY[node.op](args[0], args[1])).astype(args[0].dtype)
                 if node.op == "Reshape" and len(args) == 2:
@@ -214,6 +272,13 @@ class GraphEditor:
             return None
         return None
 
+    def require_const(self, tensor: str) -> np.ndarray:
+        """:meth:`const_value` where the caller already matched a constant (a ValueError if it is not one)."""
+        value = self.const_value(tensor)
+        if value is None:
+            raise ValueError(f"'{tensor}' is not a constant")
+        return value
+
     def const_root(self, tensor: str) -> Any:
         """The Const node behind ``tensor`` through Identity-like ops, or None."""
         node = self.node(tensor)
@@ -226,11 +291,7 @@ class GraphEditor:
 
     def _stood_in(self, node: Any) -> Any:
         """The original Const a stand-in stands for (None for any other node)."""
-        if self.weights is None or node.op != "Placeholder":
-            return None
-        from graphopt.graph.weightless import ATTR
-
-        return self.weights.by_digest.get(node.attr[ATTR].s.decode()) if ATTR in node.attr else None
+        return None if self.weights is None else self.weights.original_of(node)
 
     def add_const(self, base: str, value: np.ndarray, dtype: Any = None, device: str = "") -> str:
         """Add a Const node holding ``value`` under a fresh name; returns its name."""
@@ -258,6 +319,16 @@ class GraphEditor:
             node.device = device
         for key, value in (attrs or {}).items():
             node.attr[key].CopyFrom(value)
+        self.nodes[node.name] = node
+        self._reindex(node)
+        return node
+
+    def insert(self, node_def: Any) -> Any:
+        """Add a copy of a NodeDef built elsewhere (its name must be free); returns the node in the graph."""
+        if node_def.name in self.nodes:
+            raise ValueError(f"node name '{node_def.name}' is taken")
+        node = self.graph_def.node.add()
+        node.CopyFrom(node_def)
         self.nodes[node.name] = node
         self._reindex(node)
         return node
@@ -311,6 +382,43 @@ class GraphEditor:
                     kept.append("^" + n)
             self.set_inputs(consumer, kept)
 
+    def remove_and_rewire(self, name: str, outputs: Sequence[str] = (), *, prune: bool = True) -> int:
+        """Remove node ``name``: readers of its output ``p`` read tensor ``outputs[p]`` instead.
+
+        Nodes that wait on it (``^name``) wait on the producers of ``outputs`` instead, so
+        ordering is kept; with no ``outputs`` (a sink such as ``Assert``) those edges go. Then
+        what only ``name`` fed is removed too (``prune``, see :meth:`remove_with_inputs`).
+        Raises ValueError if an output that is read has no replacement. Returns the number of
+        nodes pruned besides ``name``.
+        """
+        node = self.node(name)
+        if node is None:
+            raise ValueError(f"no node '{name}'")
+        for consumer, i in self.consumers(name):
+            port = split_tensor(consumer.input[i])[1]
+            if port >= len(outputs):
+                raise ValueError(f"'{consumer.name}' reads output {port} of '{name}', which has no replacement")
+        for port, tensor in enumerate(outputs):
+            self.rewire(join_tensor(name, port), tensor)
+        self.rewire_control(name, list(dict.fromkeys(node_name(t) for t in outputs)))
+        if not prune:
+            self.remove([name])
+            return 0
+        return self.remove_with_inputs(name)
+
+    def remove_with_inputs(self, name: str) -> int:
+        """Remove node ``name`` (nothing may read it any more) and then what only it fed, transitively.
+
+        The inputs go as :meth:`prune_dead` decides: stateless, no control inputs, not
+        protected, nothing else reading them. Returns the number removed besides ``name``.
+        """
+        node = self.node(name)
+        if node is None:
+            return 0
+        inputs = list(node.input)
+        self.remove([name])
+        return self.prune_dead(inputs)
+
     def add_control_inputs(self, node: Any, controls: Iterable[str]) -> None:
         inputs = list(node.input)
         for c in controls:
@@ -345,6 +453,20 @@ class GraphEditor:
             if attr_def.name == key and attr_def.HasField("default_value"):
                 return attr_def.default_value
         return AttrValue()
+
+    def static_shape(self, tensor: str) -> tuple[int | None, ...] | None:
+        """The static shape TensorFlow infers for ``tensor`` (unknown dims None), or None if its rank is unknown.
+
+        Shapes are those of the graph the editor was built on (imported once, weights left out):
+        nodes added since read as unknown. Enough for rewrites, which keep every shape they touch.
+        """
+        name, port = split_tensor(tensor)
+        if self._shapes is None:
+            self._shapes = _infer_shapes(self.graph_def)
+        shapes = self._shapes.get(name)
+        if shapes is None or port < 0 or port >= len(shapes):
+            return None
+        return shapes[port]
 
     def is_stateful(self, node: Any) -> bool:
         """Whether the op has side effects (never pruned as dead); unknown ops count as stateful."""
@@ -403,6 +525,22 @@ class GraphEditor:
             self.removed.clear()
         self._consumers = None
         return self.graph_def
+
+
+def _infer_shapes(graph_def: Any) -> dict[str, list[tuple[int | None, ...] | None]]:
+    """Node name -> static shape of each output, from TensorFlow's import of the graph's skeleton."""
+    import tensorflow as tf
+
+    from graphopt.graph.checks import skeleton
+
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            tf.graph_util.import_graph_def(skeleton(graph_def), name="")
+    except Exception:  # a graph TensorFlow cannot import (unknown ops, a bare function body): no shapes
+        return {}
+    return {op.name: [None if t.shape.rank is None else tuple(t.shape.as_list()) for t in op.outputs]
+            for op in graph.get_operations()}
 
 
 def _set_inputs(node: Any, inputs: list[str]) -> None:

@@ -7,12 +7,16 @@ frozen GraphDefs (``graph_def``), Keras files (``keras_file``) and TF1
 checkpoints (``checkpoint``). Every loader freezes variables into constants,
 turns lookup tables into in-graph initialisers (``tables``) and returns the
 signature it chose. The input is only ever read.
+
+Loading may run a model's own ops (a TF1 main op, a restore op, a TF2 resource's
+initializer): each loader checks them against the allowlist first
+(:mod:`graphopt.security.scan`); ``allow_ops`` allows more, per op.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from graphopt.errors import GraphoptError, InputError
@@ -73,18 +77,23 @@ def detect(src: str | os.PathLike) -> str:
 
 
 def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence[str] | None = None,
-         inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None) -> Model:
+         inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
+         allow_ops: bool | Iterable[str] | None = None) -> Model:
     """Load ``src`` in whatever format it is and return a frozen :class:`Model`.
 
     ``signature`` picks a signature key (default ``serving_default``, or the only
     one); ``tags`` picks a TF1 meta graph; ``inputs``/``outputs`` name tensors or
     nodes for formats that carry no signature (GraphDefs, checkpoints), and
-    override the signature elsewhere. Raises :class:`InputError` naming the path.
+    override the signature elsewhere. Raises :class:`InputError` naming the path, and
+    :class:`~graphopt.errors.UnsafeGraphError` when loading would run ops that are not on
+    the allowlist (or read an asset outside the model's folder); ``allow_ops`` (True, or
+    op names) allows them, as ``GRAPHOPT_ALLOW_OPS`` does.
     """
     text = str(src)
     fmt = detect(text)
     kwargs = dict(signature=signature, tags=list(tags) if tags is not None else None,
                   inputs=list(inputs) if inputs else None, outputs=list(outputs) if outputs else None)
+    fn: Callable[..., Model]
     try:
         if fmt == "saved_model":
             from graphopt.loaders.saved_model_tf2 import load_saved_model_tf2 as fn
@@ -98,7 +107,10 @@ def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence
             from graphopt.loaders.keras_file import load_keras as fn
         else:
             from graphopt.loaders.checkpoint import load_checkpoint as fn
-        model = fn(text, **kwargs)
+        from graphopt.security.allowlist import allowing
+
+        with allowing(allow_ops):  # the loaders' checks see what the caller allowed
+            model = fn(text, **kwargs)
     except GraphoptError:
         raise
     except (AttributeError, NameError, ImportError):  # a bug in graphopt, not a bad model: keep the traceback
@@ -108,6 +120,9 @@ def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence
                          hint="check the file is complete and the format is right; rerun with --debug for details"
                          ) from exc
     model.metadata.setdefault("loader", fmt)
+    from graphopt.loaders.signatures import check_dtypes
+
+    check_dtypes(model.signature, model.graph_def, text)  # a signature that lies about its dtypes is bad input
     return model
 
 

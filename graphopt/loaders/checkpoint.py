@@ -56,16 +56,17 @@ def _serving_sinks(graph: Any, sinks: list[str], has_training: bool) -> list[str
 
 
 def _refuse_unsafe_restore(meta: Any, where: str) -> None:
-    """Loading runs the saver's restore op and the table initializers: refuse ones that reach outside
-    the process beyond reading the checkpoint and vocabulary files (a hostile .meta can name any op)."""
+    """Loading runs the saver's restore op and the table initializers, and freezing evaluates the variables and
+    tables: refuse ops among them that are not known to compute only (a hostile .meta can name any op as its
+    restore op). ``RestoreV2`` may read only the checkpoint the loader feeds; no asset is fed, so a table read
+    from a vocabulary file is refused unless allowed."""
     from graphopt.security.scan import load_time_findings, refuse_unsafe_load
 
-    roots = [meta.saver_def.restore_op_name] if meta.saver_def.restore_op_name else []
-    if "table_initializer" in meta.collection_def:
-        roots += list(meta.collection_def["table_initializer"].node_list.value)
-    found = load_time_findings(meta, roots, expected=("RestoreV2", "Restore", "RestoreSlice",
-                                                      "InitializeTableFromTextFile", "InitializeTableFromTextFileV2"))
-    refuse_unsafe_load(found, runs="restoring the checkpoint", where=where)
+    collection = meta.collection_def.get("table_initializer")
+    init = list(collection.node_list.value) if collection is not None else []
+    found = load_time_findings(meta, init=init, assets_fed=False)
+    refuse_unsafe_load(found, runs="its restore op, table initializers and variables", where=where,
+                       why="loading a checkpoint runs them")
 
 
 def load_checkpoint(src: str, *, signature: str | None = None, tags: Sequence[str] | None = None,

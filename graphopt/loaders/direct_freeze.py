@@ -33,8 +33,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from graphopt.graph.names import node_name
 from graphopt.loaders.tables import RESOURCE
-from graphopt.model import Model, Signature, node_name
+from graphopt.model import Model, Signature
 
 # What a TF2 SavedModel's top-level graph holds on a signature's path.
 _TOP_LEVEL_OPS = {"Placeholder", "Const", "Identity", "NoOp", "VarHandleOp", "StatefulPartitionedCall",
@@ -165,7 +166,7 @@ def _inline_functions(graph_def: Any, fetches: list[str]) -> Any:
     from tensorflow.python.framework.convert_to_constants import disable_lower_using_switch_merge
     from tensorflow.python.grappler import tf_optimizer
 
-    from graphopt.passes.gtt import with_default_attrs
+    from graphopt.graph.default_attrs import with_default_attrs
 
     # Grappler's item builder aborts the process on graphs TF's importer rejects (an input without a
     # dtype, an unknown op): import the (weightless) graph first, and let tf.saved_model.load report it.

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from graphopt.errors import InputError
+from graphopt.graph.names import node_name
 from graphopt.model import DEFAULT_SIGNATURE, Model
 
 
 def _input_name(tensor: Any, i: int) -> str:
     name = getattr(tensor, "name", None) or f"input_{i}"
-    return name.split(":")[0]
+    return node_name(name)
 
 
 def load_keras(path: str, *, signature: str | None = None, tags: Sequence[str] | None = None,
@@ -29,7 +30,8 @@ def load_keras(path: str, *, signature: str | None = None, tags: Sequence[str] |
     from graphopt.loaders.saved_model_tf2 import freeze_function, restrict
 
     try:
-        model = keras.models.load_model(path, compile=False)
+        # safe_mode: a Lambda layer's pickled Python code is refused (Keras's own check; docs/guide/security.md).
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError/OSError/zipfile errors alike
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"Keras cannot load the file: {text[:300]}", where=path,

@@ -16,33 +16,9 @@ from typing import Any
 
 from graphopt.errors import InputError
 from graphopt.loaders import signatures as sigs
+from graphopt.loaders.saved_model_proto import read_saved_model
 from graphopt.loaders.tables import inline_session_tables
 from graphopt.model import Model, Signature
-
-
-def read_saved_model(path: str | Path) -> Any:
-    """The ``SavedModel`` proto of a folder; :class:`InputError` if it cannot be parsed."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    folder = Path(path)
-    proto = saved_model_pb2.SavedModel()
-    pb, pbtxt = folder / "saved_model.pb", folder / "saved_model.pbtxt"
-    try:
-        if pb.is_file():
-            data = pb.read_bytes()
-            if not data:
-                raise ValueError("saved_model.pb is empty")
-            proto.ParseFromString(data)
-        else:
-            from google.protobuf import text_format
-
-            text_format.Parse(pbtxt.read_text(), proto)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InputError(f"saved_model.pb cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                         where=str(path), hint="the file is corrupt or truncated; export the model again") from None
-    if not proto.meta_graphs:
-        raise InputError("the SavedModel holds no meta graph", where=str(path), hint="export the model again")
-    return proto
 
 
 def tag_sets(path: str | Path) -> list[list[str]]:
@@ -90,11 +66,13 @@ def freeze_session(session: Any, graph: Any, signature: Signature) -> tuple[Any,
 
 
 def _refuse_unsafe_init(meta: Any, path: str) -> None:
-    """Loading runs the main op: refuse one that reaches outside the process (file writes, PyFunc, ...)."""
-    from graphopt.security.scan import load_time_findings, refuse_unsafe_load
+    """Loading runs the restore op and the init ops, and freezing evaluates the variables and tables: refuse
+    ops among them that are not known to compute only, and assets outside the folder (docs/guide/security.md)."""
+    from graphopt.security.scan import check_assets, load_time_findings, refuse_unsafe_load
 
-    refuse_unsafe_load(load_time_findings(meta), runs="the model's main op", where=path,
-                       why="loading a TF1 SavedModel runs its main op")
+    check_assets(path, meta)
+    refuse_unsafe_load(load_time_findings(meta), runs="its restore op, init ops and variables", where=path,
+                       why="loading a TF1 SavedModel runs them")
 
 
 def load_saved_model_tf1(path: str, *, signature: str | None = None, tags: Sequence[str] | None = None,
@@ -124,4 +102,7 @@ def load_saved_model_tf1(path: str, *, signature: str | None = None, tags: Seque
         graph_def, init_ops = freeze_session(sess, graph, sig)
     model = Model(graph_def=graph_def, signature=sig, init_ops=init_ops, source=path, format=fmt)
     model.metadata.update(tags=sorted(chosen_tags), signatures=available)
+    # Freezing keeps only what the signature needs: `graphopt diff` reports these apart from a pass's changes.
+    kept = {n.name for n in graph_def.node}
+    model.metadata["load_pruned"] = [(n.name, n.op) for n in meta.graph_def.node if n.name not in kept]
     return model

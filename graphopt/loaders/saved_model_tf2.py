@@ -106,13 +106,18 @@ def _pick_call_function(obj: Any, where: str) -> Any:
 
 
 def _refuse_unsafe_init(path: str) -> None:
-    """``tf.saved_model.load`` runs resource initializers: refuse ones that reach outside the process."""
-    from graphopt.loaders.saved_model_tf1 import read_saved_model
-    from graphopt.security.scan import refuse_unsafe_load, tf2_load_time_findings
+    """``tf.saved_model.load`` creates and initializes resources, restores saveables and, when the object is
+    freed, runs its destructor: refuse functions among them holding ops not known to compute only, ones it
+    cannot check (so the object is never created), and assets outside the folder (docs/guide/security.md)."""
+    from graphopt.loaders.saved_model_proto import read_saved_model
+    from graphopt.security.scan import check_assets, refuse_unsafe_load, tf2_load_time_findings
 
-    found = [f for meta in read_saved_model(path).meta_graphs for f in tf2_load_time_findings(meta)]
-    refuse_unsafe_load(found, runs="the model's resource initializers", where=path,
-                       why="tf.saved_model.load runs them while loading")
+    metas = list(read_saved_model(path).meta_graphs)
+    for meta in metas:
+        check_assets(path, meta)
+    found = [f for meta in metas for f in tf2_load_time_findings(meta)]
+    refuse_unsafe_load(found, runs="its resource constructors, initializers and destructors", where=path,
+                       why="tf.saved_model.load runs them")
 
 
 def load_tf2_object(path: str, tags: Sequence[str] | None) -> Any:

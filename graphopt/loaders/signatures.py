@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from graphopt.errors import InputError
-from graphopt.model import DEFAULT_SIGNATURE, Signature, TensorSpec, node_name, tensor_name
+from graphopt.graph.names import node_name, tensor_name
+from graphopt.model import DEFAULT_SIGNATURE, Signature, TensorSpec
 
 # Ops that are never a model's output even when nothing reads them.
 NON_OUTPUT_OPS = {"NoOp", "Assert", "Print", "PrintV2", "SaveV2", "Save", "SaveSlices", "RestoreV2", "Restore",
@@ -203,3 +204,61 @@ def override(sig: Signature, graph: Any | Callable[[], Any], inputs: Sequence[st
         return sig
     return Signature(inputs=pick(inputs, sig.inputs, "input"), outputs=pick(outputs, sig.outputs, "output"),
                      key=sig.key, method_name=sig.method_name)
+
+
+def _output_dtype(node: Any, port: int) -> int | None:
+    """The ``DataType`` enum of output ``port`` of ``node``, from its op's definition and attrs (no import of
+    the graph); ``None`` when the op or an attr is unknown (then there is nothing to compare)."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(node.op)
+    if op_def is None:
+        return None
+    defaults = {a.name: a.default_value for a in op_def.attr if a.HasField("default_value")}
+
+    def attr(name: str) -> Any:
+        return node.attr[name] if name in node.attr else defaults.get(name)
+
+    types: list[int] = []
+    for arg in op_def.output_arg:
+        if arg.type_list_attr:
+            value = attr(arg.type_list_attr)
+            types.extend(value.list.type if value is not None else [])
+        else:
+            kind = arg.type or (attr(arg.type_attr).type if attr(arg.type_attr) is not None else None)
+            count = attr(arg.number_attr).i if arg.number_attr and attr(arg.number_attr) is not None else 1
+            if kind is None:
+                return None
+            types.extend([kind] * count)
+        if len(types) > port:
+            return types[port]
+    return None
+
+
+def check_dtypes(sig: Signature, graph_def: Any, where: str) -> None:
+    """:class:`InputError` when the signature declares a dtype its tensor in ``graph_def`` does not have.
+
+    A SignatureDef is data beside the graph: one saying int32 over a float32 placeholder was silently
+    exported with the graph's dtype, and TF Serving clients following the declared one are refused.
+    """
+    import tensorflow as tf
+
+    nodes = {n.name: n for n in graph_def.node}
+    for role, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        for key, spec in specs.items():
+            name, _, port = tensor_name(spec.name).rpartition(":")
+            node = nodes.get(name)
+            actual = _output_dtype(node, int(port)) if node is not None else None
+            if actual is None or not spec.dtype:
+                continue  # a missing node is reported where it is used; unknown ops cannot be compared
+            try:
+                declared = tf.as_dtype(spec.dtype).base_dtype
+                real = tf.as_dtype(actual).base_dtype
+            except TypeError:
+                continue
+            if declared != real:
+                raise InputError(f"signature '{sig.key}' declares {role} '{key}' as {declared.name}, but the graph's "
+                                 f"tensor {spec.name} is {real.name}", where=where,
+                                 hint="the signature does not match the graph (clients sending "
+                                      f"{declared.name} would be refused); export the model again, or name the "
+                                      "graph's tensors with --inputs/--outputs")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from graphopt.graph.names import source_of
+
 RESOURCE = 20  # DT_RESOURCE
 IMMUTABLE_TABLE_OPS = {"HashTableV2", "HashTable"}
 MUTABLE_TABLE_OPS = {"MutableHashTableV2", "MutableHashTableOfTensorsV2", "MutableDenseHashTableV2"}
@@ -123,7 +125,7 @@ def _consumer_dtypes(graph_def: Any, start: str) -> tuple[Any, Any] | None:
             seen.add((scope, name))
             for reader in nodes:
                 positions = [i for i, inp in enumerate(reader.input) if not inp.startswith("^")
-                             and inp.split(":")[0] == name]
+                             and source_of(inp) == name]
                 if not positions:
                     continue
                 if reader.op in _PASS_THROUGH:

@@ -61,15 +61,16 @@ class Option:
         where = f"pass {pass_name}, option {key}"
         values = raw if isinstance(raw, (list, tuple)) else [raw]
         if self.type is list:
-            out = [str(v) for v in values]
+            items = [str(v) for v in values]
             if self.choices is not None:
-                for v in out:
+                for v in items:
                     self._check_choice(v, where)
-            return out
+            return items
         if len(values) != 1:
             raise UsageError(f"option '{key}' was given {len(values)} times but takes one value", where=where,
                              hint=f"give '{key}=' once")
         value = values[0]
+        out: Any
         try:
             if self.type is bool:
                 if isinstance(value, bool):
@@ -101,12 +102,17 @@ class Option:
 
 @dataclass
 class PassResult:
-    """What a pass returns: the model after it, whether it changed, and its counters."""
+    """What a pass returns: the model after it, whether it changed, and its counters.
+
+    ``explanations`` (passes that can say why they did not fire, ``Pass.explains``):
+    one :class:`graphopt.rewrite.Explanation` per rule and candidate site.
+    """
 
     model: Model
     modified: bool
     counters: dict[str, int | float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    explanations: list[Any] = field(default_factory=list)
 
 
 class Pass:
@@ -121,6 +127,14 @@ class Pass:
     the pipeline then hands it a private copy (a rollback keeps the original).
     A pass that copies what it changes itself, or builds a new GraphDef, sets it
     to False and saves a whole copy of the graph per run (100 MB on ResNet50).
+
+    ``applies_to_functions`` says whether the pass also runs inside function
+    bodies (``If``/``While`` branches, called functions): the pipeline then runs
+    :meth:`run` on the main graph and again on every function the main graph
+    calls, each body given as a Model whose signature is the function's
+    arguments and returns (:mod:`graphopt.graph.functions`). A pass that only
+    rewrites nodes locally can set it to True as it is; one that reasons about
+    the whole program (signatures, weights, devices) leaves it False.
     """
 
     name: ClassVar[str] = ""
@@ -129,6 +143,9 @@ class Pass:
     lossy: ClassVar[bool] = False
     tolerance: ClassVar[float | None] = None
     edits_input: ClassVar[bool] = True
+    applies_to_functions: ClassVar[bool] = False
+    # Whether run() returns explanations (per candidate site: fired or why not); `graphopt explain` needs it.
+    explains: ClassVar[bool] = False
     origin: Any = None  # set on instances by Registry.create
 
     def __init__(self, **options: Any) -> None:
@@ -223,7 +240,7 @@ def _options_from_signature(fn: Callable[..., Any]) -> dict[str, Option]:
 
 def function_pass(
     *, name: str, description: str = "", options: dict[str, Option] | None = None,
-    lossy: bool = False, tolerance: float | None = None,
+    lossy: bool = False, tolerance: float | None = None, applies_to_functions: bool = False,
 ) -> Callable[[Callable[..., Any]], type[Pass]]:
     """Turn ``fn(model, **options)`` into a :class:`Pass` class.
 
@@ -231,6 +248,7 @@ def function_pass(
     place) and the validated options as keywords. Without ``options``, they are
     read from the function's parameters after ``model`` (type from the
     annotation or the default; a parameter without default is required).
+    ``applies_to_functions=True`` runs it on every function body too (see :class:`Pass`).
     """
 
     def decorate(fn: Callable[..., Any]) -> type[Pass]:
@@ -241,7 +259,8 @@ def function_pass(
         declared = dict(options) if options is not None else _options_from_signature(fn)
         cls = type(fn.__name__, (Pass,), {
             "name": name, "description": doc, "options": declared, "lossy": lossy,
-            "tolerance": tolerance, "edits_input": False, "run": run, "__doc__": fn.__doc__, "__module__": fn.__module__,
+            "tolerance": tolerance, "edits_input": False, "applies_to_functions": applies_to_functions,
+            "run": run, "__doc__": fn.__doc__, "__module__": fn.__module__,
         })
         return cls
 

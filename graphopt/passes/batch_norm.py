@@ -13,6 +13,9 @@ repeated until nothing changes:
   same name (so consumers and signature names stay). Otherwise the node becomes
   ``Mul`` + ``Add`` with precomputed constants (``converted``), which removes
   the fused op and lets the runtime fuse the ``Mul``/``Add`` where it can.
+  These two are rewrite rules (:class:`FoldBatchNorm`, :class:`ConvertBatchNorm`,
+  see :mod:`graphopt.rewrite`), so ``graphopt explain SRC fold_all_batch_norms``
+  says for each fused batch norm why it did not fold.
 * **Mul by a per-channel constant** after a foldable producer: the constant is
   folded into the weights (and into the bias of an intervening ``BiasAdd``),
   and the ``Mul`` is bypassed.
@@ -41,9 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.graph.edit import GraphEditor, join_tensor, split_tensor
+from graphopt.graph.edit import GraphEditor
+from graphopt.graph.names import join_tensor, split_tensor
 from graphopt.model import Model
 from graphopt.passes.base import Option, Pass, PassResult
+from graphopt.rewrite import Const, Match, Rule, Tracer, apply_at
+from graphopt.rewrite.rule import RewriteStats
 
 FUSED_BN_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 PRODUCER_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "Conv2DBackpropInput")
@@ -111,6 +117,81 @@ def per_channel(c: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarra
     return np.full(channels, flat[0]) if flat.size == 1 else flat
 
 
+def _format(ed: GraphEditor, node: Any) -> str:
+    return ed.attr(node, "data_format").s.decode() or "NHWC"
+
+
+def _scale_offset(ed: GraphEditor, m: Match) -> tuple[np.ndarray, np.ndarray]:
+    """``y = x * s + o``: s = gamma / sqrt(var + eps), o = beta - mean * s, in float64."""
+    gamma, beta, mean, var = (m.values[k].astype(np.float64) for k in ("gamma", "beta", "mean", "var"))
+    s = gamma / np.sqrt(var + ed.attr(m.root, "epsilon").f)
+    return s, beta - mean * s
+
+
+def _batch_norm(op: Any, x: Any) -> Any:
+    """The pattern of an inference batch norm with constant parameters (output 0 only: no batch statistics)."""
+    return op[FUSED_BN_OPS](x, Const("gamma"), Const("beta"), Const("mean"), Const("var"), _name="bn",
+                            is_training=False)
+
+
+class FoldBatchNorm(Rule):
+    """A fused batch norm after a weighted op (and its BiasAdd): weights scaled, the batch norm becomes a BiasAdd."""
+
+    name = "fold_batch_norm"
+    fired_verb, kept_verb = "folded", "not folded"
+
+    def __init__(self, bias_add: bool) -> None:
+        self.bias_add = bias_add
+
+    def pattern(self, op: Any, x: Any) -> Any:
+        y = op[PRODUCER_OPS](x, Const("w"), _name="conv", _variadic=True)
+        return _batch_norm(op, op.BiasAdd(y, Const("bias"), _name="bias_add") if self.bias_add else y)
+
+    def condition(self, m: Match) -> str | None:
+        conv, ed = m.nodes["conv"], m.graph
+        if conv.attr["T"].type not in _FLOAT_TYPES:
+            return "producer is not floating point"
+        fmt = _format(ed, conv)
+        if self.bias_add and _format(ed, m.nodes["bias_add"]) != fmt:
+            return "BiasAdd data format differs from the producer's"
+        s, m.values["offset"] = _scale_offset(ed, m)
+        m.values["scale"] = s
+        if conv.op == "MatMul" or fmt != _format(ed, m.root) or _out_channels(conv.op, m.values["w"], False) != s.size:
+            return "producer layout differs from the batch norm's"
+        return None
+
+    def rewrite(self, r: Any, m: Match) -> str:
+        conv, s = m.nodes["conv"], m.values["scale"]
+        weights = _scale_weights(conv.op, m.values["w"], s, False)
+        inputs = [i for i in conv.input if not i.startswith("^")]
+        inputs[_WEIGHT_INPUT[conv.op]] = r.const(weights, _name=conv.name + "/folded_weights", _like=conv)
+        bias = m.values["offset"] + (m.values["bias"].astype(np.float64) * s if self.bias_add else 0.0)
+        m.detail = f"into {conv.op} '{conv.name}'"
+        return r.BiasAdd(r.copy(conv, *inputs), r.const(bias.astype(weights.dtype), _name=m.root.name + "/bias"),
+                         T=conv.attr["T"], data_format=_format(m.graph, conv))
+
+
+class ConvertBatchNorm(Rule):
+    """A fused batch norm that cannot fold becomes ``Mul`` + ``AddV2`` with precomputed constants."""
+
+    name = "convert_batch_norm"
+    fired_verb, kept_verb = "converted to Mul and AddV2", "not converted"
+
+    def pattern(self, op: Any, x: Any) -> Any:
+        return _batch_norm(op, x)
+
+    def rewrite(self, r: Any, m: Match) -> str:
+        bn = m.root
+        s, o = _scale_offset(m.graph, m)
+        t = m.graph.attr(bn, "T")
+        fmt = _format(m.graph, bn)
+        np_dtype = {1: np.float32, 2: np.float64, 19: np.float16}.get(t.type, np.float32)
+        shape = [-1] if fmt in ("NHWC", "NDHWC") else [-1] + [1] * (len(fmt) - 2)
+        scale = r.const(s.reshape(shape).astype(np_dtype), _name=bn.name + "/scale")
+        offset = r.const(o.reshape(shape).astype(np_dtype), _name=bn.name + "/offset")
+        return r.AddV2(r.Mul(m["x"], scale, T=t, _name=bn.name + "/mul"), offset, T=t)
+
+
 class FoldAllBatchNorms(Pass):
     name = "fold_all_batch_norms"
     description = ("Fold FusedBatchNorm/V2/V3 and unfused Mul/Add batch norms into a preceding Conv2D, "
@@ -122,6 +203,8 @@ class FoldAllBatchNorms(Pass):
     }
 
     edits_input = False  # works on its own copy
+    explains = True  # the fused batch norms: fold_batch_norm and convert_batch_norm are rules
+    applies_to_functions = True  # If/While branches and called functions too (graphopt.graph.functions)
 
     def run(self, model: Model) -> PassResult:
         from graphopt.graph import weightless as stand_ins
@@ -135,13 +218,17 @@ class FoldAllBatchNorms(Pass):
         self._counters = {"folded": 0, "converted": 0, "bias_merged": 0, "precomputed": 0, "skipped": 0,
                           "pruned": 0}
         self._notes: dict[str, str] = {}
+        rules: list[Rule] = [FoldBatchNorm(bias_add=False), FoldBatchNorm(bias_add=True)]
+        rules += [ConvertBatchNorm()] if self.config["convert_unfoldable"] else []
+        tracer, stats = Tracer(), RewriteStats()
         for _ in range(_MAX_ROUNDS):
             changed = False
+            tracer.next_round()
             for node in list(ed.graph_def.node):
                 if node.name in ed.removed:
                     continue
                 if node.op in FUSED_BN_OPS:
-                    changed |= self._fused(ed, node)
+                    changed |= apply_at(ed, rules, node, tracer=tracer, stats=stats) is not None
                 elif node.op == "Mul":
                     changed |= self._mul(ed, node)
                 elif node.op in ("Add", "AddV2", "Sub") and self.config["merge_bias_adds"]:
@@ -149,16 +236,22 @@ class FoldAllBatchNorms(Pass):
             if not changed:
                 break
         ed.commit()
-        counters = dict(self._counters)
+        explanations = tracer.explanations(ed, rules)
+        # The last rule tried says why a batch norm is left: convert's reason if converting, else fold's.
+        self._notes.update({e.node: e.reason or "" for e in explanations if not e.fired})
+        self._counters["folded"] += stats.fired["fold_batch_norm"]
+        self._counters["converted"] = stats.fired["convert_batch_norm"]
+        self._counters["pruned"] += stats.pruned
+        counters: dict[str, int | float] = dict(self._counters)
         # Skips found in an early round may have been resolved by a later one; report the final ones.
         notes = [f"skipped {name}: {why}" for name, why in sorted(self._notes.items()) if ed.node(name) is not None
                  and ed.node(name).op in FUSED_BN_OPS + ("Mul",)]
         counters["skipped"] = len(notes)
         modified = any(counters[k] for k in ("folded", "converted", "bias_merged", "precomputed", "pruned"))
         if not modified:
-            return PassResult(given, modified=False, counters=counters, notes=notes)
+            return PassResult(given, modified=False, counters=counters, notes=notes, explanations=explanations)
         stand_ins.restore(light, weights)
-        return PassResult(model, modified=modified, counters=counters, notes=notes)
+        return PassResult(model, modified=modified, counters=counters, notes=notes, explanations=explanations)
 
     def _prune(self, ed: GraphEditor, names: Any) -> None:
         self._counters["pruned"] += ed.prune_dead(names)
@@ -233,7 +326,7 @@ class FoldAllBatchNorms(Pass):
         ed.set_input(conv, widx, new_w)
         self._prune(ed, [old_w])
         if prod.bias_add is not None:
-            b = ed.const_value(prod.bias_add.input[1])
+            b = ed.require_const(prod.bias_add.input[1])
             old_b = prod.bias_add.input[1]
             new_b = ed.add_const(prod.bias_add.name + "/folded_bias", (b.astype(np.float64) * s).astype(b.dtype),
                                  device=prod.bias_add.device)
@@ -247,7 +340,7 @@ class FoldAllBatchNorms(Pass):
         bias = offset.astype(np.float64)
         old_bias_add = prod.bias_add
         if old_bias_add is not None:
-            bias = bias + ed.const_value(old_bias_add.input[1]).astype(np.float64)
+            bias = bias + ed.require_const(old_bias_add.input[1]).astype(np.float64)
         old_inputs = list(node.input)
         controls = [i for i in old_inputs if i.startswith("^")]
         bias_name = ed.add_const(node.name + "/bias", bias.astype(dtype), device=node.device)
@@ -255,53 +348,6 @@ class FoldAllBatchNorms(Pass):
         ed.replace_node(node, "BiasAdd", [join_tensor(conv.name, 0), bias_name] + controls,
                         {"T": conv.attr["T"], "data_format": fmt})
         self._prune(ed, [split_tensor(i)[0] for i in old_inputs if not i.startswith("^")])
-
-    def _fused(self, ed: GraphEditor, node: Any) -> bool:
-        if ed.attr(node, "is_training").b:
-            self._notes[node.name] = "is_training=True"
-            return False
-        for port in range(1, 6):
-            if ed.data_consumers(join_tensor(node.name, port)):
-                self._notes[node.name] = f"output {port} (batch statistics) is read"
-                return False
-        params = [ed.const_value(i) for i in node.input[1:5]]
-        if any(p is None for p in params):
-            self._notes[node.name] = "scale/offset/mean/variance are not constant"
-            return False
-        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-        s = gamma / np.sqrt(var + ed.attr(node, "epsilon").f)
-        o = beta - mean * s
-        fmt = ed.attr(node, "data_format").s.decode() or "NHWC"
-        prod, why = self._producer(ed, node.input[0], for_weights=True)
-        if prod is not None and prod.data_format == fmt and prod.rank == 4 and prod.channels == s.size:
-            self._apply_scale(ed, prod, s)
-            self._become_bias_add(ed, node, prod, o)
-            self._counters["folded"] += 1
-            return True
-        if prod is not None:
-            why = "producer layout differs from the batch norm's"
-        if not self.config["convert_unfoldable"]:
-            self._notes[node.name] = why
-            return False
-        self._convert(ed, node, s, o, fmt)
-        self._counters["converted"] += 1
-        self._notes.pop(node.name, None)
-        return True
-
-    def _convert(self, ed: GraphEditor, node: Any, s: np.ndarray, o: np.ndarray, fmt: str) -> None:
-        """FusedBatchNorm -> Mul(x, s) then AddV2(., o); the AddV2 keeps the batch norm's name."""
-        t = ed.attr(node, "T").type
-        np_dtype = {1: np.float32, 2: np.float64, 19: np.float16}.get(t, np.float32)
-        shape = [-1] if fmt in ("NHWC", "NDHWC") else [-1] + [1] * (len(fmt) - 2)
-        s_name = ed.add_const(node.name + "/scale", s.reshape(shape).astype(np_dtype), device=node.device)
-        o_name = ed.add_const(node.name + "/offset", o.reshape(shape).astype(np_dtype), device=node.device)
-        t_attr = _attr(type=t)
-        x = node.input[0]
-        params = list(node.input[1:5])
-        controls = [i for i in node.input if i.startswith("^")]
-        mul = ed.add_node(node.name + "/mul", "Mul", [x, s_name], {"T": t_attr}, device=node.device)
-        ed.replace_node(node, "AddV2", [mul.name, o_name] + controls, {"T": t_attr})
-        self._prune(ed, params)
 
     def _split_const(self, ed: GraphEditor, node: Any, commutative: bool) -> tuple[str, np.ndarray] | None:
         ins = ed.data_inputs(node)
@@ -334,14 +380,13 @@ class FoldAllBatchNorms(Pass):
             return False
         self._apply_scale(ed, prod, s)
         out = join_tensor(prod.output.name, 0)
-        old_inputs = list(node.input)
         if node.name in ed.protected:
             # Keep the name a signature points at: the Mul becomes Identity(producer).
+            old_inputs = list(node.input)
             ed.replace_node(node, "Identity", [out], {"T": _attr(type=node.attr["T"].type)})
+            self._prune(ed, [split_tensor(i)[0] for i in old_inputs if split_tensor(i)[0] != prod.output.name])
         else:
-            ed.rewire(join_tensor(node.name, 0), out)
-            ed.remove([node.name])
-        self._prune(ed, [split_tensor(i)[0] for i in old_inputs if split_tensor(i)[0] != prod.output.name])
+            self._counters["pruned"] += ed.remove_and_rewire(node.name, [out])
         self._counters["folded"] += 1
         self._notes.pop(node.name, None)
         return True
@@ -359,6 +404,7 @@ class FoldAllBatchNorms(Pass):
             return self._precompute(ed, node, c)
         if node.op == "Sub":
             o = -o
+        assert prod is not None  # per_channel found a channel axis on it
         old_bias_add = prod.bias_add
         self._become_bias_add(ed, node, prod, o)
         if old_bias_add is not None:

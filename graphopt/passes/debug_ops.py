@@ -21,8 +21,10 @@ could change behaviour:
   the Identity *is* the snapshot of the value);
 * it copies a tensor between two explicitly different devices.
 
-Nodes that wait on a removed pass-through op (``^identity``) wait on its
-input's producer instead, so ordering is kept. Control edges that wait for
+The removals are two rewrite rules (:class:`DropSink`, :class:`Bypass`; see
+:mod:`graphopt.rewrite`), so ``graphopt explain SRC strip_debug_ops`` says
+which node was kept and why. Nodes that wait on a removed pass-through op
+(``^identity``) wait on its input's producer instead, so ordering is kept. Control edges that wait for
 nothing (on a constant, or on a NoOp that only waits on constants, as TF2
 freezing leaves them) are dropped, outside control-flow frames.
 """
@@ -32,9 +34,11 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from graphopt.graph.edit import GraphEditor, join_tensor, split_tensor
-from graphopt.model import Model, node_name
+from graphopt.graph.edit import GraphEditor
+from graphopt.graph.names import node_name, split_tensor
+from graphopt.model import Model
 from graphopt.passes.base import Option, Pass, PassResult
+from graphopt.rewrite import Match, Rule, Tracer, apply_rules
 
 PASS_THROUGH_OPS = ("Identity", "IdentityN", "CheckNumerics", "StopGradient", "PreventGradient", "Snapshot", "Print")
 SINK_OPS = ("Assert", "PrintV2")
@@ -80,6 +84,8 @@ class StripDebugOps(Pass):
     }
 
     edits_input = False  # works on its own copy, made only when there is something to strip
+    explains = True  # its removals are the rules drop_sink and bypass
+    applies_to_functions = True  # If/While branches and called functions too (graphopt.graph.functions)
 
     def run(self, model: Model) -> PassResult:
         wanted = set(self.config["op"])
@@ -94,66 +100,76 @@ class StripDebugOps(Pass):
         model = model.with_graph(light)
         ed = GraphEditor(model.graph_def, model.protected_nodes, weights=weights)
         frames = control_flow_context(model.graph_def)
-        self._dtypes = _TensorTypes(model.graph_def)
-        removed: Counter = Counter()
-        skipped: dict[str, str] = {}
+        dtypes = _TensorTypes(model.graph_def)
+        tracer = Tracer()
+        sinks = [op for op in SINK_OPS if op in wanted]
+        passing = [op for op in PASS_THROUGH_OPS if op in wanted]
+        rules: list[Rule] = ([DropSink(sinks, frames)] if sinks else []) + (
+            [Bypass(passing, frames, dtypes)] if passing else [])
         # Sinks first: dropping an Assert frees Identities that only waited on it.
-        for node in [n for n in model.graph_def.node if n.op in SINK_OPS and n.op in wanted]:
-            why = self._sink_blocker(ed, node, frames)
-            if why:
-                skipped[node.name] = f"{node.op}: {why}"
-                continue
-            ed.rewire_control(node.name, [])
-            inputs = list(node.input)
-            ed.remove([node.name])
-            removed[node.op] += 1
-            removed["pruned"] += ed.prune_dead(inputs)
+        stats = [apply_rules(ed, [r], tracer=tracer) for r in rules if isinstance(r, DropSink)]
         dropped = _drop_empty_waits(ed, frames)
-        for node in [n for n in model.graph_def.node if n.op in PASS_THROUGH_OPS and n.op in wanted]:
-            if node.name in ed.removed:
-                continue
-            why = self._bypass_blocker(ed, node, frames)
-            if why:
-                skipped[node.name] = f"{node.op}: {why}"
-                continue
-            data = ed.data_inputs(node)
-            ports = range(len(data)) if node.op == "IdentityN" else [0]
-            for port in ports:
-                ed.rewire(join_tensor(node.name, port), data[port])
-            # Waiting on a pass-through op means waiting on what produced its input.
-            ed.rewire_control(node.name, [data[p] for p in ports])
-            ed.remove([node.name])
-            removed[node.op] += 1
-            # Print's extra inputs (the values it printed) are now unused.
-            removed["pruned"] += ed.prune_dead(data[1:] if node.op != "IdentityN" else [])
+        stats += [apply_rules(ed, [r], tracer=tracer) for r in rules if isinstance(r, Bypass)]
         ed.commit()
-        pruned = removed.pop("pruned", 0)
+        removed = sum((s.fired_ops for s in stats), Counter())
+        pruned = sum(s.pruned for s in stats)
         counters: dict[str, int | float] = {f"removed_{op}": removed[op] for op in sorted(removed)}
         counters["removed"] = sum(removed.values())
-        counters["skipped"] = len(skipped)
+        explanations = tracer.explanations(ed, rules)
+        reasons = Counter(f"{e.op}: {e.reason}" for e in explanations if not e.fired)
+        counters["skipped"] = sum(reasons.values())
         counters["pruned"] = pruned
         counters["control_edges_dropped"] = dropped
-        reasons = Counter(skipped.values())
         notes = [f"kept {count} {why}" for why, count in sorted(reasons.items())]
-        self._dtypes = None  # its tf.Graph would outlive the run on the pass object
+        dtypes.close()  # its tf.Graph would outlive the run
         modified = bool(counters["removed"] or pruned or dropped)
         if not modified:
-            return PassResult(given, modified=False, counters=counters, notes=notes)
+            return PassResult(given, modified=False, counters=counters, notes=notes, explanations=explanations)
         stand_ins.restore(model.graph_def, weights)
-        return PassResult(model, modified=modified, counters=counters,
-                          notes=notes)
+        return PassResult(model, modified=modified, counters=counters, notes=notes, explanations=explanations)
 
-    def _sink_blocker(self, ed: GraphEditor, node: Any, frames: set[str]) -> str:
+
+class DropSink(Rule):
+    """``Assert`` / ``PrintV2`` have no outputs: they go with the control edges that waited on them."""
+
+    name = "drop_sink"
+    fired_verb, kept_verb = "removed", "kept"
+
+    def __init__(self, ops: list[str], frames: set[str]) -> None:
+        self.ops, self.frames = tuple(ops), frames
+
+    def pattern(self, op: Any) -> Any:
+        return op[self.ops](_variadic=True, _outputs=0)
+
+    def condition(self, m: Match) -> str | None:
+        node, ed = m.root, m.graph
         if node.name in ed.protected:
             return "signature node or init op"
-        if node.name in frames or any(c.name in frames for c in ed.control_consumers(node.name)):
+        if node.name in self.frames or any(c.name in self.frames for c in ed.control_consumers(node.name)):
             return "inside a control-flow frame"
-        return ""
+        return None
 
-    def _bypass_blocker(self, ed: GraphEditor, node: Any, frames: set[str]) -> str:
+    def rewrite(self, r: Any, m: Match) -> None:
+        return None
+
+
+class Bypass(Rule):
+    """A pass-through op: its readers read its input, nodes waiting on it wait on its input's producer."""
+
+    name = "bypass"
+    fired_verb, kept_verb = "removed", "kept"
+
+    def __init__(self, ops: list[str], frames: set[str], dtypes: "_TensorTypes") -> None:
+        self.ops, self.frames, self.dtypes = tuple(ops), frames, dtypes
+
+    def pattern(self, op: Any) -> Any:
+        return op[self.ops](_variadic=True, _outputs="*")
+
+    def condition(self, m: Match) -> str | None:
+        node, ed = m.root, m.graph
         if node.name in ed.protected:
             return "signature node or init op"
-        if node.name in frames:
+        if node.name in self.frames:
             return "inside a control-flow frame"
         if ed.control_inputs(node):
             return "has control inputs"
@@ -166,11 +182,15 @@ class StripDebugOps(Pass):
                 return "input missing"
             if producer.device and node.device and producer.device != node.device:
                 return "copies between devices"
-            if self._dtypes.is_ref_or_resource(inp):
+            if self.dtypes.is_ref_or_resource(inp):
                 return "reads a reference or resource tensor"
-        if node.op != "IdentityN" and self._dtypes.attr_is_ref_or_resource(node):
+        if node.op != "IdentityN" and self.dtypes.attr_is_ref_or_resource(node):
             return "passes a reference or resource tensor"
-        return ""
+        return None
+
+    def rewrite(self, r: Any, m: Match) -> list[str]:
+        data = m.graph.data_inputs(m.root)
+        return data if m.root.op == "IdentityN" else data[:1]  # Print's other inputs are pruned
 
 
 def _drop_empty_waits(ed: GraphEditor, frames: set[str]) -> int:
@@ -215,6 +235,9 @@ class _TensorTypes:
         self._graph_def = graph_def
         self._graph: Any = None
         self._failed = False
+
+    def close(self) -> None:
+        self._graph = self._graph_def = None
 
     def _load(self) -> Any:
         if self._graph is None and not self._failed:

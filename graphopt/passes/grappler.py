@@ -16,26 +16,24 @@ the graph runs slower; placed, it builds the same graph the runtime would
 
 ``OptimizeGraph`` aborts the whole process (``F tensor.cc ... Type not set``)
 on a feed without a dtype, which no ``except`` catches: preconditions are
-checked first, and graphs that cannot be fully checked (function libraries) are
-optimized in a child process whose crash becomes a :class:`PassError`.
+checked first. Grappler's constant folding also *executes* parts of the graph, so
+it runs in a sandboxed child (:mod:`graphopt.security.sandbox`) whose crash or
+exhausted limit becomes a :class:`~graphopt.errors.ResourceError`.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from graphopt.errors import PassError
+from graphopt.errors import GraphoptError, PassError
 from graphopt.graph.edit import unused_name
 from graphopt.graph.encoding import graph_def_chunks, join, length_delimited
-from graphopt.model import Model, node_name
+from graphopt.graph.names import node_name
+from graphopt.model import Model
 from graphopt.passes.base import Option, Pass, PassResult
 
 DEFAULT_DEVICE = "/device:CPU:0"
@@ -170,36 +168,54 @@ def onednn_enabled() -> bool:
 
 
 def _optimize_in_child(config_bytes: bytes, meta: bytes | bytearray | Callable[[str], None], timeout: float,
-                       onednn: bool | None = None) -> bytes:
-    """The optimized GraphDef, serialized, from Grappler in a child process.
+                       onednn: bool | None = None, *, size_bytes: int = 0, notes: list[str] | None = None) -> bytes:
+    """The optimized GraphDef, serialized, from Grappler in a sandboxed child (:mod:`graphopt.security.sandbox`).
 
     ``meta`` is the serialized MetaGraphDef or a function writing it to a path (:func:`write_meta_graph`),
-    so this process never holds the bytes while the child holds its own copies.
+    so this process never holds the bytes while the child holds its own copies. ``onednn`` sets the child's
+    ``TF_ENABLE_ONEDNN_OPTS`` (None: this process's). ``timeout`` is the wall-clock limit; memory and CPU
+    limits are the sandbox's for a model of ``size_bytes``. A crash, a limit hit or a write outside the
+    child's folder raises :class:`~graphopt.errors.ResourceError`. ``notes`` receives what a report should
+    say when the child ran less confined than it should.
     """
-    with tempfile.TemporaryDirectory(prefix="graphopt-grappler-") as tmp:
-        paths = [os.path.join(tmp, n) for n in ("config.pb", "meta.pb", "out.pb")]
-        with open(paths[0], "wb") as f:
+    from graphopt.security.sandbox import default_limits, sandbox_for
+
+    # With the sandbox off a child is still needed here (another oneDNN setting, isolate=always): a confined one.
+    mode = "on" if default_limits().mode == "off" else None
+    env = {} if onednn is None else {"TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0"}
+    with sandbox_for(size_bytes, label="Grappler", env=env, wall_seconds=timeout, mode=mode) as box:
+        paths = [str(box.path / n) for n in ("config.pb", "meta.pb", "out.pb")]
+        with box.open_input("config.pb") as f:
             f.write(config_bytes)
         if callable(meta):
             meta(paths[1])
         else:
-            with open(paths[1], "wb") as f:
+            with box.open_input("meta.pb") as f:
                 f.write(meta)
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        if onednn is not None:
-            env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
-        try:
-            proc = subprocess.run([sys.executable, "-m", "graphopt.passes.grappler", *paths], capture_output=True,
-                                  text=True, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise PassError(f"Grappler did not finish within {timeout:g} s", hint="raise the pass's timeout") from None
-        if proc.returncode != 0 or not os.path.exists(paths[2]):
-            fatal = [ln for ln in proc.stderr.splitlines() if ln.startswith("F") or "Error" in ln]
-            raise PassError(f"Grappler crashed (exit code {proc.returncode})",
-                            details=(fatal or proc.stderr.strip().splitlines())[-3:],
-                            hint="check that every signature input has a dtype and every output exists")
-        with open(paths[2], "rb") as f:
-            return f.read()
+        box.call(_optimize_files, *paths)
+        if notes is not None:
+            notes.extend(box.notes("Grappler"))
+        return box.read_file("out.pb")
+
+
+def _optimize_files(config_path: str, meta_path: str, out_path: str) -> None:
+    """The sandboxed child's side of :func:`_optimize_in_child`: config, meta graph in; optimized GraphDef out."""
+    with open(config_path, "rb") as f:
+        config_bytes = f.read()
+    with open(meta_path, "rb") as f:
+        meta_bytes = f.read()
+    try:
+        out = _optimize_here(config_bytes, meta_bytes)
+    except Exception as exc:  # a TF status error: name it, never let it escape raw
+        from graphopt.security.sandbox import resource_error, tf_error_text
+
+        limit_hit = resource_error(exc)
+        if limit_hit is not None:
+            raise limit_hit from None
+        raise PassError(f"Grappler failed: {tf_error_text(exc)}") from None
+    del meta_bytes
+    with open(out_path, "wb") as f:
+        f.write(out)
 
 
 _ACTIVATIONS = ("Relu", "Relu6", "Elu", "LeakyRelu")
@@ -329,10 +345,10 @@ def tidy_folded_names(graph_def: Any, protected: set[str]) -> int:
         if node.name in renames:
             node.name = renames[node.name]
         for i, inp in enumerate(node.input):
-            ctrl = inp.startswith("^")
-            head, sep, port = (inp[1:] if ctrl else inp).partition(":")
+            head = node_name(inp)
             if head in renames:
-                node.input[i] = ("^" if ctrl else "") + renames[head] + (sep + port if sep else "")
+                ctrl = inp[:1] == "^"  # keep the spelling ("^a", "a:0"): only the node's name changes
+                node.input[i] = ("^" if ctrl else "") + renames[head] + inp[ctrl + len(head):]
     return len(renames)
 
 
@@ -359,13 +375,14 @@ class GrapplerOptimize(Pass):
         "optimizers": Option(list, [], "Grappler optimizers to run (e.g. constfold, remap); default: Grappler's set",
                              choices=GRAPPLER_OPTIMIZERS),
         "clear_devices": Option(bool, True, "remove the device placement afterwards (keeps the export portable)"),
-        "isolate": Option(str, "auto", "run Grappler in a child process: auto (when the graph has functions), "
-                                       "always or never", choices=("auto", "always", "never")),
+        "isolate": Option(str, "auto", "run Grappler in a sandboxed child process: auto (always, unless "
+                                       "GRAPHOPT_SANDBOX=off; then when the graph has functions), always, or never "
+                                       "(in this process, unconfined)", choices=("auto", "always", "never")),
         "onednn": Option(str, "off", "oneDNN setting Grappler optimizes for: off (fusions every TF CPU build "
                                      "runs), on (adds oneDNN-only fusions such as Conv+BiasAdd+Add, which fail where "
                                      "oneDNN is off) or current (this process's setting)",
                          choices=("off", "on", "current")),
-        "timeout": Option(float, 600.0, "seconds a child process may take"),
+        "timeout": Option(float, 600.0, "seconds (wall clock) the sandboxed child may take"),
     }
 
     edits_input = False  # builds a new graph
@@ -401,8 +418,21 @@ class GrapplerOptimize(Pass):
             raise PassError(f"optimizing for onednn={self.config['onednn']} needs a child process "
                             f"(this process has oneDNN {'on' if onednn_enabled() else 'off'})",
                             hint="drop isolate=never, or use onednn=current")
-        # Function bodies can hold feeds and shapes checked only inside Grappler: keep its crashes out of ours.
-        in_child = switch or isolate == "always" or (isolate == "auto" and len(model.graph_def.library.function) > 0)
+        # Grappler's constant folding executes parts of the graph, and function bodies can hold feeds and shapes
+        # checked only inside Grappler: both run in a sandboxed child (graphopt.security.sandbox) unless told never.
+        from graphopt.security.sandbox import default_limits
+
+        size = model.size_bytes
+        sandbox = default_limits(size)
+        if isolate == "never" and sandbox.mode == "require":
+            raise PassError("isolate=never would run Grappler unconfined, and GRAPHOPT_SANDBOX=require forbids it",
+                            hint="drop isolate=never")
+        in_child = switch or isolate == "always" or (isolate == "auto" and (
+            sandbox.confined or len(model.graph_def.library.function) > 0))
+        notes: list[str] = []
+        if not in_child:
+            notes.append("Grappler ran in this process, unconfined (" + (
+                "isolate=never" if isolate == "never" else "GRAPHOPT_SANDBOX=off") + ")")
 
         # Memory (optimize's peak is reached in this pass): the MetaGraphDef is serialized node by node, straight
         # into one buffer (or the child's input file), never as a second in-memory graph; the input bytes are
@@ -413,14 +443,14 @@ class GrapplerOptimize(Pass):
         try:
             if in_child:
                 out_bytes = _optimize_in_child(config_bytes, write_meta, self.config["timeout"],
-                                               onednn if switch else None)
+                                               onednn if switch else None, size_bytes=size, notes=notes)
             else:
                 meta_bytes = meta_graph_bytes(model, device)
                 try:
                     out_bytes = _optimize_here(config_bytes, meta_bytes)
                 finally:
                     del meta_bytes
-        except PassError:
+        except GraphoptError:
             raise
         except Exception as exc:  # a TF status error: name it, never let it escape raw
             raise PassError(f"Grappler failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
@@ -436,7 +466,8 @@ class GrapplerOptimize(Pass):
                                 "oneDNN-off child that would avoid them", hint="use onednn=current or drop isolate")
             if left:
                 del graph_def
-                out_bytes = _optimize_in_child(config_bytes, write_meta, self.config["timeout"], False)
+                out_bytes = _optimize_in_child(config_bytes, write_meta, self.config["timeout"], False,
+                                               size_bytes=size, notes=notes)
                 graph_def, split, in_child = type(model.graph_def).FromString(out_bytes), 0, True
                 del out_bytes
         if not graph_def.HasField("versions") and model.graph_def.HasField("versions"):
@@ -455,11 +486,10 @@ class GrapplerOptimize(Pass):
                             hint="report this graph; run the pipeline without grappler_optimize meanwhile")
         before, after = Counter(n.op for n in model.graph_def.node), Counter(n.op for n in graph_def.node)
         fused = sum(c for op, c in after.items() if op.startswith("_Fused"))
-        counters = {"nodes_before": len(model.graph_def.node), "nodes_after": len(graph_def.node),
+        counters: dict[str, int | float] = {"nodes_before": len(model.graph_def.node), "nodes_after": len(graph_def.node),
                     "fused_ops": fused, "isolated": int(in_child), "onednn_fusions_split": split,
                     "names_tidied": tidied}
         modified = not same_graph(graph_def, model.graph_def)
-        notes = []
         if model.metadata.get("weight_storage"):
             notes.append(f"weights stored as {model.metadata['weight_storage']} were folded back to float32: "
                          "run weights_to_fp16/weights_to_int8 after grappler_optimize")
@@ -475,21 +505,3 @@ class GrapplerOptimize(Pass):
 
 
 PASSES = [GrapplerOptimize]
-
-
-def _child_main(argv: list[str]) -> int:
-    # Entry point of the isolated child: config, meta graph in; optimized GraphDef out.
-    config_path, meta_path, out_path = argv
-    with open(config_path, "rb") as f:
-        config_bytes = f.read()
-    with open(meta_path, "rb") as f:
-        meta_bytes = f.read()
-    out = _optimize_here(config_bytes, meta_bytes)
-    del meta_bytes
-    with open(out_path, "wb") as f:
-        f.write(out)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through the isolate option
-    sys.exit(_child_main(sys.argv[1:]))

@@ -20,9 +20,11 @@ from typing import Any
 
 from graphopt.errors import PassError, UsageError
 from graphopt.graph.checks import structural_problems
+from graphopt.graph.default_attrs import default_attr_fills
 from graphopt.graph.encoding import serialize_graph_def
+from graphopt.graph.names import node_name
 from graphopt.hookspecs import hookimpl
-from graphopt.model import Model, node_name
+from graphopt.model import Model
 from graphopt.passes.base import Option, Pass, PassResult
 
 _L = list
@@ -33,7 +35,8 @@ NATIVE_TRANSFORMS: dict[str, tuple[str, dict[str, Option]]] = {
     "add_default_attributes": ("Add attributes a newer op version defines with defaults.", {}),
     "backport_concatv2": ("Rewrite ConcatV2 as Concat for old runtimes.", {}),
     "backport_tensor_array_v3": ("Rewrite TensorArray*V3 ops as V2 for old runtimes.", {}),
-    "flatten_atrous_conv": ("Turn SpaceToBatchND/Conv2D/BatchToSpaceND into a dilated Conv2D.", {}),
+    # flatten_atrous_conv is graphopt's own (graphopt/passes/atrous.py): GTT's ignores paddings and crops,
+    # changing the outputs of VALID dilated convs, and aborts the process on a filter behind an Identity.
     "fold_batch_norms": ("Fold a constant Mul after Conv2D/DepthwiseConv2dNative/MatMul into the weights "
                          "(needs fold_constants first).", {}),
     "fold_constants": ("Evaluate subgraphs that are constant and replace them by Const nodes.", {
@@ -222,7 +225,38 @@ def _same_graph_ignoring_order(a: Any, b: Any, b_replaced: dict[int, Any] | None
     b_replaced = b_replaced or {}
     nodes = {n.name: b_replaced.get(i, n) for i, n in enumerate(b.node)}
     # Protobuf equality compares field by field in C++: no need to serialise either graph.
-    return all(nodes.get(n.name) == n for n in a.node)
+    return all(_same_node(n, nodes.get(n.name)) for n in a.node)
+
+
+def _canonical(text: str) -> str:
+    """``"x:0"`` -> ``"x"``: two spellings of one tensor (GTT writes the first, TF and graphopt the second)."""
+    return text[:-2] if text.endswith(":0") and not text.startswith("^") else text
+
+
+def _same_node(a: Any, b: Any) -> bool:
+    if b is None:
+        return False
+    if a == b:
+        return True
+    if len(a.input) != len(b.input) or [_canonical(i) for i in a.input] != [_canonical(i) for i in b.input]:
+        return False
+    copy = type(a)()
+    copy.CopyFrom(a)
+    copy.input[:] = list(b.input)
+    return copy == b
+
+
+def canonical_inputs(graph_def: Any) -> None:
+    """Spell every input of output 0 ``"x"``, not ``"x:0"``, in place (GraphDef's canonical spelling).
+
+    GTT's transforms rebuild a graph through TF's Graph, which writes ``"x:0"`` for every input it read
+    as ``"x"``; a fold with nothing to fold would then differ from its input, and a repeat group of it
+    and a pass writing ``"x"`` would never converge.
+    """
+    for node in graph_def.node:
+        for i, text in enumerate(node.input):
+            if text.endswith(":0") and not text.startswith("^"):
+                node.input[i] = text[:-2]
 
 
 def _in_execution_order(graph_def: Any) -> bool:
@@ -258,43 +292,12 @@ _NEEDS_DEFAULT_ATTRS = {"quantize_nodes", "fold_old_batch_norms", "fold_batch_no
                         "fuse_resize_and_conv", "fuse_resize_pad_and_conv", "flatten_atrous_conv"}
 
 
-def default_attr_fills(graph_def: Any) -> dict[int, Any]:
-    """Copies of the nodes that lack a registered attr default, with it filled in, by node index.
-
-    Usually none or a few small nodes: the graph itself is never copied (100 MB on ResNet50).
-    """
-    from tensorflow.python.framework import op_def_registry
-
-    fills: dict[int, Any] = {}
-    for i, node in enumerate(graph_def.node):
-        op_def = op_def_registry.get(node.op)
-        for attr_def in op_def.attr if op_def is not None else []:
-            if attr_def.HasField("default_value") and attr_def.name not in node.attr:
-                if i not in fills:
-                    fills[i] = type(node)()
-                    fills[i].CopyFrom(node)
-                fills[i].attr[attr_def.name].CopyFrom(attr_def.default_value)
-    return fills
-
-
 # Transforms that never read the values of weights feeding Conv2D/MatMul/... (graphopt.graph.weightless): they
 # run on a graph with stand-ins for them. The folds and quantizations read or rewrite weights; rename_op
 # could rename the stand-ins' Placeholder op.
 WEIGHT_BLIND = {"strip_unused_nodes", "remove_attribute", "remove_nodes", "merge_duplicate_nodes", "fold_constants",
                 "sort_by_execution_order", "remove_device", "set_device", "add_default_attributes",
                 "remove_control_dependencies", "rename_attribute"}
-
-
-def with_default_attrs(graph_def: Any) -> Any:
-    """``graph_def`` itself if no node lacks a registered attr default, else a copy with them filled in."""
-    fills = default_attr_fills(graph_def)
-    if not fills:
-        return graph_def
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
-    for i, node in fills.items():
-        out.node[i].CopyFrom(node)
-    return out
 
 
 def native_preconditions(graph_def: Any, names: list[str], *, importable: bool = False) -> list[str]:
@@ -396,20 +399,22 @@ class NativeTransform(Pass):
             raise PassError(f"not running {self.native_name}: the graph is malformed: {problems[0]}",
                             where=f"native {spec}", details=problems[1:6],
                             hint="GTT's native code would abort on it; fix the model or the pass that produced it")
-        transform = _binding()
         fills = default_attr_fills(model.graph_def) if self.native_name in _NEEDS_DEFAULT_ATTRS else {}
-        # Memory: serialized node by node into one buffer (defaults filled in on copies of the few nodes that
-        # lack them), never via a copy of the graph nor SerializeToString's 2.5x peak; the input bytes are
-        # dropped before the output is parsed. GTT's own copies (parse, transform, serialize) are its own.
-        source_bytes = serialize_graph_def(model.graph_def, replace=fills)
-        try:
-            out_bytes = transform(source_bytes, inputs, outputs, spec)
-        except Exception as exc:
-            raise PassError(f"GTT transform failed: {str(exc).strip()}", where=f"native {spec}") from None
-        finally:
-            del source_bytes
+        notes: list[str] = []
+        if self.native_name in EXECUTING_NATIVE:
+            out_bytes, notes = _transform_confined(model, fills, inputs, outputs, spec, self.native_name)
+        else:
+            # Memory: serialized node by node into one buffer (defaults filled in on copies of the few nodes that
+            # lack them), never via a copy of the graph nor SerializeToString's 2.5x peak; the input bytes are
+            # dropped before the output is parsed. GTT's own copies (parse, transform, serialize) are its own.
+            source_bytes = serialize_graph_def(model.graph_def, replace=fills)
+            try:
+                out_bytes = _transform(source_bytes, inputs, outputs, spec)
+            finally:
+                del source_bytes
         graph_def = type(model.graph_def).FromString(out_bytes)
         del out_bytes
+        canonical_inputs(graph_def)
         # GTT copies the function library itself (transform_graph.cc), but transforms that rebuild the
         # GraphDef node by node drop `versions`; without it TF assumes producer 0 and may reject new ops.
         if model.graph_def.HasField("library") and not graph_def.HasField("library"):
@@ -428,7 +433,56 @@ class NativeTransform(Pass):
             # order carries no meaning, and counting it as a change would keep repeat groups spinning.
             modified = not _same_graph_ignoring_order(graph_def, model.graph_def, fills)  # filled defaults: no change
         # No counters: GTT reports nothing of its own, and node/op deltas are in every PassRecord.
-        return PassResult(model.with_graph(graph_def), modified=modified)
+        return PassResult(model.with_graph(graph_def), modified=modified, notes=notes)
+
+
+# Transforms that execute part of the graph (fold_constants runs its constant subgraphs in a session): they run in
+# a sandboxed child (graphopt.security.sandbox), so a crash, a loop or a huge allocation there costs a ResourceError.
+EXECUTING_NATIVE = frozenset({"fold_constants"})
+
+
+def _transform(source: bytes | bytearray, inputs: str, outputs: str, spec: str) -> bytes:
+    try:
+        return _binding()(source, inputs, outputs, spec)
+    except Exception as exc:
+        from graphopt.security.sandbox import resource_error
+
+        limit_hit = resource_error(exc)
+        if limit_hit is not None:
+            raise limit_hit from None
+        raise PassError(f"GTT transform failed: {str(exc).strip()}", where=f"native {spec}") from None
+
+
+def _transform_confined(model: Model, fills: dict[int, Any], inputs: str, outputs: str, spec: str,
+                        name: str) -> tuple[bytes, list[str]]:
+    """GTT's transform in a sandboxed child: the graph goes in and comes out as files in its folder."""
+    from graphopt.graph.encoding import graph_def_chunks
+    from graphopt.security.sandbox import confinement_notes, default_limits, sandbox_for
+
+    limits = default_limits(model.size_bytes)
+    if not limits.confined:
+        source_bytes = serialize_graph_def(model.graph_def, replace=fills)
+        try:
+            return _transform(source_bytes, inputs, outputs, spec), confinement_notes(None, limits, name)
+        finally:
+            del source_bytes
+    with sandbox_for(model.size_bytes, label=f"GTT {name} (it runs the graph's constant parts)") as box:
+        _, chunks = graph_def_chunks(model.graph_def, replace=fills)
+        with box.open_input("in.pb") as f:  # node by node: never a second copy of the graph here
+            for chunk in chunks:
+                f.write(chunk)
+        box.call(_transform_files, str(box.path / "in.pb"), str(box.path / "out.pb"), inputs, outputs, spec)
+        return box.read_file("out.pb"), box.notes(name)
+
+
+def _transform_files(source_path: str, out_path: str, inputs: str, outputs: str, spec: str) -> None:
+    # The sandboxed child's side of _transform_confined.
+    with open(source_path, "rb") as f:
+        source = f.read()
+    out = _transform(source, inputs, outputs, spec)
+    del source
+    with open(out_path, "wb") as f:
+        f.write(out)
 
 
 def _make(name: str, description: str, options: dict[str, Option]) -> type[Pass]:
@@ -443,13 +497,13 @@ NATIVE_PASSES = [_make(n, d, o) for n, (d, o) in NATIVE_TRANSFORMS.items()]
 
 
 @hookimpl
-def register_passes(register):
+def graphopt_register_passes(register):
     for cls in NATIVE_PASSES:
         register(cls)
 
 
 @hookimpl
-def register_presets(register):
+def graphopt_register_presets(register):
     register("gtt-seed", "remove_attribute(attribute_name=_class) remove_nodes(op=Identity, op=CheckNumerics) "
              "strip_unused_nodes fold_constants(ignore_errors=true) fold_batch_norms fold_old_batch_norms "
              "merge_duplicate_nodes",

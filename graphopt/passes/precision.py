@@ -234,7 +234,7 @@ class WeightsToInt8(Pass):
         if counters["converted"]:
             notes.append(f"max weight error {counters['max_relative_weight_error']:.2e} of each tensor's largest "
                          f"magnitude; {counters['per_channel']} per-channel, {counters['per_tensor']} per-tensor")
-        return PassResult(_stored_as(model, gd, "int8", counters["converted"]), modified=counters["converted"] > 0,
+        return PassResult(_stored_as(model, gd, "int8", int(counters["converted"])), modified=counters["converted"] > 0,
                           counters=counters, notes=notes)
 
 

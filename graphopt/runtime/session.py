@@ -7,55 +7,16 @@ SavedModel's main op at load.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from graphopt.errors import InputError
+from graphopt.graph.default_attrs import add_default_attrs, undo_default_attrs
+from graphopt.graph.names import node_name
 from graphopt.model import Model, Signature
-
-
-def add_default_attrs(graph_def: Any) -> list[tuple[Any, str, bool]]:
-    """Fill every node's missing attrs that have an op default, in place (unknown ops, e.g. functions, skipped).
-
-    What ``tf.import_graph_def`` does to the GraphDef it is given: callers of :class:`Session` and the
-    SavedModel writer have always seen their model's defaults filled. Returns ``(node, attr, existed)``
-    for each attr filled (``existed``: an entry without a value was there), so it can be undone.
-    """
-    from tensorflow.python.framework import op_def_registry
-
-    added = []
-    for node in graph_def.node:
-        op_def = op_def_registry.get(node.op)
-        if op_def is None:
-            continue
-        for attr_def in op_def.attr:
-            if not attr_def.HasField("default_value"):
-                continue
-            existed = attr_def.name in node.attr
-            if not existed or node.attr[attr_def.name].WhichOneof("value") is None:
-                node.attr[attr_def.name].CopyFrom(attr_def.default_value)
-                added.append((node, attr_def.name, existed))
-    return added
-
-
-def _undo_default_attrs(added: list[tuple[Any, str, bool]]) -> None:
-    for node, name, existed in added:
-        if existed:
-            node.attr[name].Clear()
-        else:
-            del node.attr[name]
-
-
-def session_config(*, grappler: bool = True, intra_op: int = 0, inter_op: int = 0):
-    """A ``ConfigProto``; ``grappler=False`` turns runtime graph optimisation off (pre-optimized graphs)."""
-    import tensorflow as tf
-
-    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op, inter_op_parallelism_threads=inter_op)
-    if not grappler:
-        config.graph_options.rewrite_options.disable_meta_optimizer = True
-    return config
 
 
 class Session:
@@ -86,11 +47,11 @@ class Session:
             with self.graph.as_default():
                 tf.graph_util.import_graph_def(graph_def, name="")
         finally:
-            _undo_default_attrs(added)
+            undo_default_attrs(added)
         del graph_def
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         if model.init_ops:
-            self.session.run([self.graph.get_operation_by_name(n.split(":")[0]) for n in model.init_ops],
+            self.session.run([self.graph.get_operation_by_name(node_name(n)) for n in model.init_ops],
                              feed_dict=self._weights)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -116,10 +77,20 @@ class Session:
         self.close()
 
 
-def run_model(model: Model, feeds: Mapping[str, Any], *, config: Any = None) -> dict[str, np.ndarray]:
-    """Run once and close: outputs by signature key."""
+def run_model(model: Model, feeds: Mapping[str, Any], *, config: Any = None,
+              confined: bool = False) -> dict[str, np.ndarray]:
+    """Run once and close: outputs by signature key.
+
+    In this process, unless ``confined``: then in a sandboxed child (:func:`run_model_confined`, with the
+    default limits). Graphs from strangers must run confined; in-process is for graphs this process built.
+    """
+    if confined:
+        return run_model_confined(model, feeds, config=config)
     with Session(model, config=config) as sess:
         return sess.run(feeds)
+
+
+MAX_RANDOM_VALUES = 1 << 26  # per input: 256 MB of float32; a real model's sample is far smaller
 
 
 def random_inputs(signature: Signature, *, batch: int = 1, dynamic: int = 32, seed: int = 0,
@@ -134,13 +105,20 @@ def random_inputs(signature: Signature, *, batch: int = 1, dynamic: int = 32, se
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for key, spec in signature.inputs.items():
-        shape = spec.shape if spec.shape is not None else (batch,)
-        shape = tuple((batch if i == 0 else dynamic) if d is None or d < 0 else d for i, d in enumerate(shape))
+        declared = spec.shape if spec.shape is not None else (batch,)
+        shape: tuple[int, ...] = tuple((batch if i == 0 else dynamic) if d is None or d < 0 else d
+                                       for i, d in enumerate(declared))
+        values = math.prod(max(d, 1) for d in shape)  # zeros left out: numpy refuses [0, 1e6, 1e6, ...] too
+        if values > MAX_RANDOM_VALUES:  # e.g. 50 unknown dims: 32**49 values, numpy's "array is too big"
+            raise InputError(f"cannot make random inputs for '{key}': its shape ({len(shape)} dimensions, unknown "
+                             f"ones filled with {batch} for the batch and {dynamic} elsewhere) holds {values:.3g} values",
+                             where=f"input {key}", hint="give real inputs with --sample FILE.npz, or skip "
+                                                        "verification with --no-verify")
         dtype = tf.as_dtype(spec.dtype)
         if dtype == tf.string:
             pool = list((vocabulary or {}).get(key) or [f"w{i}" for i in range(10)])
-            values = rng.choice(np.array([str(v) for v in pool], dtype=object), size=shape)
-            out[key] = values.astype(object).astype(bytes)
+            words = rng.choice(np.array([str(v) for v in pool], dtype=object), size=shape)
+            out[key] = words.astype(object).astype(bytes)
         elif dtype == tf.bool:
             out[key] = rng.random(shape) > 0.5
         elif dtype.is_integer:
@@ -152,3 +130,84 @@ def random_inputs(signature: Signature, *, batch: int = 1, dynamic: int = 32, se
             raise InputError(f"cannot generate inputs of dtype {spec.dtype}", where=f"input {key}",
                              hint="give sample inputs with --sample FILE.npz")
     return out
+
+
+# --- running a model in a confined child (graphopt.security.sandbox) -----------------------------------
+
+
+def write_model(model: Model, folder: Any, name: str = "model.pb") -> dict[str, Any]:
+    """Write ``model`` for a confined child: the GraphDef into ``folder`` (a :class:`~graphopt.security.sandbox.
+    Sandbox` or a path), node by node, and the rest as plain data. :func:`read_model` is the inverse.
+
+    The graph goes through a file rather than the pipe: written node by node it never exists twice in
+    this process (pickling it would: bytes, then the pickle).
+    """
+    from graphopt.graph.encoding import graph_def_chunks
+
+    _, chunks = graph_def_chunks(model.graph_def)
+    if hasattr(folder, "open_input"):
+        f, path = folder.open_input(name), str(folder.path / name)
+    else:
+        path = str(folder / name) if hasattr(folder, "joinpath") else f"{folder}/{name}"
+        f = open(path, "xb")
+    with f:
+        for chunk in chunks:
+            f.write(chunk)
+    return {"graph": path, "signature": model.signature.to_dict(), "init_ops": list(model.init_ops),
+            "source": model.source, "format": model.format, "assets": dict(model.assets)}
+
+
+def read_model(spec: Mapping[str, Any]) -> Model:
+    """The :class:`Model` :func:`write_model` wrote (metadata is not carried: running needs none)."""
+    from tensorflow.core.framework import graph_pb2
+
+    from graphopt.model import TensorSpec
+
+    def specs(side: Mapping[str, Any]) -> dict[str, TensorSpec]:
+        return {k: TensorSpec(v["name"], v["dtype"], None if v["shape"] is None else
+                              tuple(None if d is None or d < 0 else int(d) for d in v["shape"]))
+                for k, v in side.items()}
+
+    with open(spec["graph"], "rb") as f:
+        graph_def = graph_pb2.GraphDef.FromString(f.read())
+    sig = spec["signature"]
+    signature = Signature(inputs=specs(sig["inputs"]), outputs=specs(sig["outputs"]), key=sig["key"],
+                          method_name=sig["method_name"])
+    return Model(graph_def, signature, init_ops=list(spec["init_ops"]), source=spec["source"], format=spec["format"],
+                 assets=dict(spec["assets"]))
+
+
+def open_session(spec: Mapping[str, Any], config_bytes: bytes | None = None, add_defaults: bool = True,
+                 feed_weights: bool = False) -> Any:
+    """A :class:`~graphopt.security.sandbox.ConfinedWorker` factory: the model :func:`write_model` wrote, opened
+    in a :class:`Session`; returns its ``run``. ``config_bytes``: a serialized ``ConfigProto`` (None: TF's default).
+    """
+    config = None
+    if config_bytes is not None:
+        from tensorflow.core.protobuf import config_pb2
+
+        config = config_pb2.ConfigProto.FromString(config_bytes)
+    session = Session(read_model(spec), config=config, add_defaults=add_defaults, feed_weights=feed_weights)
+    return session.run
+
+
+def run_model_confined(model: Model, feeds: Mapping[str, Any], *, config: Any = None, limits: Any = None,
+                       label: str | None = None) -> dict[str, np.ndarray]:
+    """:func:`run_model` in a confined child (:mod:`graphopt.security.sandbox`): for graphs from strangers.
+
+    ``limits`` defaults to :func:`~graphopt.security.sandbox.default_limits` for the model's size. Limits hit,
+    crashes (an ``Abort`` op) and refused writes raise :class:`~graphopt.errors.ResourceError`.
+    """
+    from graphopt.security.sandbox import Sandbox, sandbox_for
+
+    label = label or f"the model {model.source}"
+    with (Sandbox(limits, label=label) if limits is not None else sandbox_for(model.size_bytes, label=label)) as box:
+        spec = write_model(model, box)
+        config_bytes = config.SerializeToString() if config is not None else None
+        run = "graphopt.runtime.session:_run_spec"
+        return box.call(run, spec, {k: np.asarray(v) for k, v in feeds.items()}, config_bytes)
+
+
+def _run_spec(spec: Mapping[str, Any], feeds: Mapping[str, np.ndarray], config_bytes: bytes | None) -> dict:
+    # The child's side of run_model_confined.
+    return open_session(spec, config_bytes)(feeds)

@@ -3,19 +3,19 @@
 TF Serving watches ``BASE`` and serves the highest integer subdirectory. A
 version must appear complete or not at all, so it is written to a hidden
 temporary directory beside the target (TF Serving ignores names that are not
-integers) and renamed into place, which is atomic on one file system.
+integers) and renamed into place, which is atomic on one file system
+(:class:`graphopt.savers.Outputs`: checked, locked against concurrent runs, staged, committed).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from graphopt.errors import GraphoptError, OutputError, UsageError
 from graphopt.model import Model
+from graphopt.savers import Output, Outputs
 from graphopt.serving import large
 from graphopt.serving import warmup as warmup_mod
 
@@ -50,6 +50,46 @@ def _write_saved_model(model: Model, export_dir: Path, variables_threshold: int)
                           where=str(export_dir)) from exc
 
 
+def write_version(model: Model, directory: Path, *, warmup: bool = True,
+                  samples: warmup_mod.Sample | Sequence[warmup_mod.Sample] | None = None,
+                  max_warmup: int = warmup_mod.MAX_RECORDS, warmup_count: int = 1, model_name: str = "",
+                  variables_threshold: int = large.DEFAULT_THRESHOLD, runtime_optimizer: str | None = None) -> None:
+    """Write one complete version folder at ``directory`` (which must not exist): no checks, not atomic.
+
+    What :func:`export_versioned` stages beside the version it replaces or creates.
+    """
+    _write_saved_model(model, directory, variables_threshold)
+    if warmup:
+        logs = warmup_mod.warmup_logs(model, samples, count=warmup_count, max_records=max_warmup,
+                                      model_name=model_name)
+        warmup_mod.write_warmup(directory, logs)
+    if runtime_optimizer is not None:
+        from graphopt.runtime.config import write_serving_config
+
+        write_serving_config(directory / "assets.extra", runtime_optimizer=runtime_optimizer)
+
+
+def plan_version(outputs: Outputs, base: str | os.PathLike, version: int | None = None, *, flag: str = "--serving-dir",
+                 reserve: bool = True) -> Output:
+    """Check ``base/<version>`` as an output of ``outputs`` (see :class:`graphopt.savers.Outputs`).
+
+    ``version`` defaults to the next free integer. ``base`` may be missing (it is created with the
+    version) but if it exists it must be a folder; an existing version is replaced only with the
+    transaction's ``force``, and only when it is a SavedModel folder (or empty).
+    """
+    if isinstance(version, bool) or (version is not None and (not isinstance(version, int) or version < 0)):
+        raise UsageError(f"version must be a non-negative integer, not {version!r}",
+                         hint="TF Serving only serves integer version directories")
+    base = Path(os.path.abspath(base))
+    if os.path.lexists(base) and not base.is_dir():  # a symbolic link to a folder is a usual base
+        raise OutputError(f"refusing to write {flag} into something that is not a folder", where=str(base),
+                          hint="give the folder TF Serving watches (it holds one folder per version)")
+    if version is None:
+        version = next_version(base)
+    return outputs.add(base / str(version), "serving_version", flag=flag, what=f"version {version}",
+                       reserve=reserve)
+
+
 def export_versioned(model: Model, base: str | Path, version: int | None = None, *, warmup: bool = True,
                      samples: warmup_mod.Sample | Sequence[warmup_mod.Sample] | None = None,
                      max_warmup: int = warmup_mod.MAX_RECORDS, warmup_count: int = 1, force: bool = False,
@@ -58,48 +98,17 @@ def export_versioned(model: Model, base: str | Path, version: int | None = None,
     """Write ``model`` to ``base/<version>/`` as TF Serving expects it and return that directory.
 
     ``version`` defaults to the next free integer. An existing version is an
-    error unless ``force`` (then it is replaced). With ``warmup`` (default),
+    error unless ``force`` (then it is replaced, if it is a SavedModel folder). With ``warmup`` (default),
     ``assets.extra/tf_serving_warmup_requests`` holds one Predict request per
     sample (at most ``max_warmup``, never more than 1,000) or ``warmup_count``
     generated ones. When the frozen graph is larger than
     ``variables_threshold`` bytes its weights are written as variables
-    (see :mod:`graphopt.serving.large`).
+    (see :mod:`graphopt.serving.large`). The version appears complete or not at all.
     """
-    base = Path(base)
-    if version is None:
-        version = next_version(base)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise UsageError(f"version must be a non-negative integer, not {version!r}",
-                         hint="TF Serving only serves integer version directories")
-    target = base / str(version)
-    if target.exists() and not force:
-        raise OutputError(f"version {version} already exists", where=str(target),
-                          hint="leave out --version for the next free one, or pass --force to replace it")
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {base}: {exc.strerror}", where=str(base)) from exc
-    tmp = base / f".{version}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_saved_model(model, tmp, variables_threshold)
-        if warmup:
-            logs = warmup_mod.warmup_logs(model, samples, count=warmup_count, max_records=max_warmup,
-                                          model_name=model_name)
-            warmup_mod.write_warmup(tmp, logs)
-        if runtime_optimizer is not None:
-            from graphopt.runtime.config import write_serving_config
-
-            write_serving_config(tmp / "assets.extra", runtime_optimizer=runtime_optimizer)
-        if target.exists():
-            old = base / f".{version}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write version {version}: {exc}", where=str(target)) from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    with Outputs(force=force, source=model.source) as outputs:
+        out = plan_version(outputs, base, version, flag="the serving base")
+        outputs.stage(out, lambda directory: write_version(
+            model, directory, warmup=warmup, samples=samples, max_warmup=max_warmup, warmup_count=warmup_count,
+            model_name=model_name, variables_threshold=variables_threshold, runtime_optimizer=runtime_optimizer))
+        outputs.commit()
+    return out.path

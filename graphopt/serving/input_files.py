@@ -54,7 +54,7 @@ def read_input(path: str | Path, key: str | None = None) -> dict[str, Any]:
             value = json.loads(path.read_text())
             if isinstance(value, dict) and key is None:
                 return {k: np.asarray(v) for k, v in value.items()}
-            if isinstance(value, dict) and key in value:
+            if isinstance(value, dict) and key is not None and key in value:
                 return {key: np.asarray(value[key])}
             return {_need_key(key, path): np.asarray(value)}
     except (ValueError, OSError) as exc:
@@ -73,7 +73,8 @@ def parse_input_args(specs: list[str]) -> dict[str, Any]:
     """``["image=cat.jpg", "batch.npz"]`` -> arrays by key (``KEY=FILE``, or a ``.npz``/JSON object alone)."""
     inputs: dict[str, Any] = {}
     for spec in specs:
-        key, sep, file = spec.partition("=")
+        given, sep, file = spec.partition("=")
+        key: str | None = given
         if not sep:
             key, file = None, spec
         elif not key:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphopt.errors import OutputError
+from graphopt.graph.names import node_name
 from graphopt.model import Model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,7 +124,7 @@ def write_with_variables(model: Model, export_dir: str | Path, *, min_bytes: int
                                              write_version=tf.compat.v1.train.SaverDef.V2)
             main_op = None
             if model.init_ops:
-                ops = [graph.get_operation_by_name(n.split(":")[0].lstrip("^")) for n in model.init_ops]
+                ops = [graph.get_operation_by_name(node_name(n)) for n in model.init_ops]
                 main_op = tf.group(*ops, name=f"{_INIT_SCOPE}/main_op")
             asset_tensors = _asset_tensors(graph, vg.graph_def, model.assets)
             with tf.compat.v1.Session(graph=graph) as sess:
@@ -152,9 +153,10 @@ def _asset_tensors(graph, graph_def, assets: dict[str, str]) -> list:
     paths = {str(p).encode() for p in assets.values()}
     found = []
     for node in graph_def.node:
-        tensor = node.attr["value"].tensor if node.op == "Const" else None
-        scalar_string = tensor is not None and not tensor.tensor_shape.dim and tensor.string_val[:1]
-        if scalar_string and tensor.string_val[0] in paths:
+        if node.op != "Const":
+            continue
+        tensor = node.attr["value"].tensor
+        if not tensor.tensor_shape.dim and tensor.string_val[:1] and tensor.string_val[0] in paths:
             found.append(graph.get_tensor_by_name(f"{node.name}:0"))
     return found
 

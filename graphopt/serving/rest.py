@@ -10,12 +10,67 @@ dtype, as TF Serving does.
 from __future__ import annotations
 
 import base64
+import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from graphopt.errors import InputError
+
+DEFAULT_MAX_DEPTH = 64  # a rank-254 tensor needs more, but no served input does; deep bodies are attacks
+
+# A JSON string, escapes included: its brackets are text, not nesting.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTING = np.zeros(256, np.int8)
+_NESTING[[ord("["), ord("{")]] = 1
+_NESTING[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(raw: bytes, *, stop_above: int | None = None) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, without parsing it.
+
+    Counted in C (regex, ``bytes.translate``, numpy) so a body of 30 MB of ``[``
+    is measured in a fraction of a second; :func:`json.loads` would recurse on it
+    and raise ``RecursionError``. Malformed text gets some depth, and the parser
+    rejects it afterwards. Counting stops early once past ``stop_above``.
+    """
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    deepest, level, chunk = 0, 0, 1 << 20
+    for start in range(0, len(brackets), chunk):
+        levels = np.cumsum(_NESTING[np.frombuffer(brackets[start:start + chunk], np.uint8)], dtype=np.int32) + level
+        deepest, level = max(deepest, int(levels.max())), int(levels[-1])
+        if stop_above is not None and deepest > stop_above:
+            break
+    return deepest
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf: no tensor value a client meant
+        raise ValueError(f"number {text[:40]} is out of range for a float")
+    return value
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON (non-finite numbers are refused)")
+
+
+def loads(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """Parse a request body: nesting checked before parsing, ``NaN``/``Infinity``/``1e400`` refused.
+
+    Raises :class:`InputError` for every malformed body (never ``RecursionError``).
+    """
+    depth = json_depth(raw, stop_above=max_depth)
+    if depth > max_depth:
+        raise InputError(f"JSON nested deeper than {max_depth} levels", hint="raise --max-json-depth if this is real")
+    try:
+        return json.loads(raw or b"null", parse_float=_finite, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise InputError(f"malformed JSON: {str(exc).splitlines()[0][:200]}") from None
 
 
 def _encode_value(value: Any) -> Any:
@@ -40,21 +95,40 @@ def _decode_strings(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode_strings(v) for v in value]
     if isinstance(value, Mapping) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
+        return base64.b64decode(value["b64"], validate=True)  # binascii.Error (a ValueError) on junk
     if isinstance(value, str):
         return value.encode("utf-8")
     return value
 
 
 def decode(value: Any, dtype: str | None) -> np.ndarray:
-    """A JSON value as a numpy array of ``dtype`` (a TF dtype name; strings become bytes)."""
-    if dtype == "string":
-        return np.array(_decode_strings(value), dtype=object)
-    if dtype is None:
-        return np.asarray(value)
-    import tensorflow as tf
+    """A JSON value as a numpy array of ``dtype`` (a TF dtype name; strings become bytes).
 
-    return np.asarray(value, dtype=tf.as_dtype(dtype).as_numpy_dtype)
+    Raises :class:`InputError` when the value does not fit: ragged lists,
+    objects where numbers belong, numbers out of the dtype's range, bad base64.
+    """
+    try:
+        if dtype == "string":
+            strings = np.array(_decode_strings(value), dtype=object)
+            if not all(isinstance(v, bytes) for v in strings.flat):  # numbers, or ragged lists kept as objects
+                raise ValueError("expected strings (or {\"b64\": ...}) in a rectangular nested list")
+            return strings
+        if dtype is None:
+            return np.asarray(value)
+        import tensorflow as tf
+
+        numpy_dtype = tf.as_dtype(dtype).as_numpy_dtype
+        array = np.asarray(value)
+        if array.dtype == object or array.dtype.kind in "USV":  # ragged, objects or text where numbers belong
+            raise ValueError(f"expected numbers of dtype {dtype} in a rectangular nested list")
+        if array.dtype.kind in "iu" and np.dtype(numpy_dtype).kind in "iu":
+            info = np.iinfo(numpy_dtype)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                raise ValueError(f"a value is out of range for {dtype}")
+        with np.errstate(over="raise", invalid="raise"):
+            return array.astype(numpy_dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
+        raise InputError(f"cannot read the value as {dtype or 'a tensor'}: {str(exc).splitlines()[0][:200]}") from None
 
 
 def predict_body(inputs: Mapping[str, Any], *, signature: str = "serving_default", row: bool = False) -> dict:

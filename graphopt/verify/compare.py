@@ -6,7 +6,7 @@ batch dimensions set to ``batch`` and other unknown dimensions to ``dynamic``,
 and string inputs drawn from the keys of the graph's lookup tables when it has
 any (random words would all miss the vocabulary and only test the default value).
 
-The rule an output must meet (documented in docs/benchmarks.md)::
+The rule an output must meet (documented in docs/measurements/benchmarks.md)::
 
     max|a - b| <= atol + rtol * max|a|        (a = original, b = optimized)
 
@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graphopt.errors import GraphoptError, InputError, VerificationError
-from graphopt.model import Model, Signature, node_name
+from graphopt.graph.names import node_name, source_of
+from graphopt.model import Model, Signature
 from graphopt.runtime import memory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,7 +123,7 @@ def _const_strings(node: Any, nodes: Mapping[str, Any], depth: int = 0) -> list[
             return [v.decode("utf-8", "replace") for v in t.string_val]
         return []
     if node.op in ("Identity", "IdentityN", "StopGradient") and node.input:
-        return _const_strings(nodes.get(node_name(node.input[0]).split(":")[0]), nodes, depth + 1)
+        return _const_strings(nodes.get(source_of(node.input[0])), nodes, depth + 1)
     return []
 
 
@@ -412,11 +413,11 @@ def verification_config() -> Any:
     GraphDef rather than a second, full Graph (``place_pruned_graph``). Those rewrites do not
     change what a graph computes beyond float reordering -- which the tolerance is for -- but on
     a 100 MB graph Grappler alone costs ~700 MB and the classic optimizer ~130 MB more while the
-    session is made. Pass a ``config`` (e.g. ``runtime.session_config()``) for TF's defaults.
+    session is made. Pass a ``config`` (e.g. ``graphopt.runtime.config.session_config("full")``) for TF's defaults.
     """
-    from graphopt.runtime.session import session_config
+    from graphopt.runtime.config import session_config
 
-    config = session_config(grappler=False)
+    config = session_config("off")
     config.graph_options.optimizer_options.opt_level = -1  # L0
     config.graph_options.place_pruned_graph = True
     return config
@@ -435,6 +436,7 @@ class Reference:
     outputs: dict[str, np.ndarray]
     input_source: str
     detection: bool  # the original graph runs non-max suppression
+    notes: list[str] = field(default_factory=list)  # how the original ran, when less confined than it should
 
 
 def _scan(model: Model, which: str, allow_unsafe: bool | Iterable[str]) -> None:
@@ -466,9 +468,9 @@ def _run_original(original: Model, feeds: dict[str, np.ndarray], source: str, co
 
     # The original's GraphDef is left as it was (importing fills default attrs in place): a pipeline may
     # still run on it, and its records (sizes) must not see a graph verification touched.
-    outputs = _run(partial(Session, add_defaults=False), original, feeds, config, "original")
+    outputs, notes = _run(partial(Session, add_defaults=False), original, feeds, config, "original")
     memory.release()  # the original's session is closed: give its graph and buffers back before anything else
-    return Reference(original.signature, feeds, outputs, source, _has_nms(original))
+    return Reference(original.signature, feeds, outputs, source, _has_nms(original), notes)
 
 
 def reference_outputs(original: Model, *, samples: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
@@ -533,13 +535,26 @@ def _check_inputs_kept(sig: Signature, optimized: Model) -> None:
 def _compare(ref: Reference, optimized: Model, tol: Tolerance, config: Any) -> VerificationReport:
     from graphopt.runtime.session import Session
 
-    sig, a_out = ref.signature, ref.outputs
-    missing_out = [k for k in sig.outputs if k not in optimized.signature.outputs]
-    b_out = _run(Session, optimized, {k: v for k, v in ref.feeds.items() if k in optimized.signature.inputs},
-                 config, "optimized")
+    missing_out = [k for k in ref.signature.outputs if k not in optimized.signature.outputs]
+    b_out, notes = _run(Session, optimized, {k: v for k, v in ref.feeds.items() if k in optimized.signature.inputs},
+                        config, "optimized")
     memory.release()
+    report = compare_outputs(ref, b_out, tol, missing=missing_out)
+    report.notes.extend(n for n in [*ref.notes, *notes] if n not in report.notes)
+    return report
+
+
+def compare_outputs(ref: Reference, outputs: Mapping[str, np.ndarray], tol: Tolerance, *,
+                    missing: Iterable[str] = ()) -> VerificationReport:
+    """Compare outputs computed elsewhere (another runtime: ``graphopt.targets``) with the reference's.
+
+    An output key of the reference absent from ``outputs`` (or named in ``missing``) fails.
+    """
+    a_out = ref.outputs
+    missing_out = set(missing) | {k for k in ref.signature.outputs if k not in outputs}
+    b_out = outputs
     diffs: list[OutputDiff] = []
-    for key in sig.outputs:
+    for key in ref.signature.outputs:
         if key in missing_out:
             diffs.append(OutputDiff(key=key, dtype=str(a_out[key].dtype), shape=list(a_out[key].shape),
                                     optimized_dtype="-", optimized_shape=[], passed=False,
@@ -554,7 +569,45 @@ def _compare(ref: Reference, optimized: Model, tol: Tolerance, config: Any) -> V
                               detection=ref.detection)
 
 
-def _run(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config: Any, which: str):
+def _run(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config: Any,
+         which: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The model's outputs on ``feeds``, and notes for the report when it ran less confined than it should.
+
+    In a sandboxed child (:mod:`graphopt.security.sandbox`: memory, CPU and wall-clock limits, writes only in
+    its own folder) unless the sandbox is off; running out of a limit or crashing raises ResourceError.
+    """
+    from graphopt.security.sandbox import confinement_notes, default_limits, sandbox_for
+
+    limits = default_limits(model.size_bytes)
+    if not limits.confined:
+        return _run_here(session_cls, model, feeds, config, which), confinement_notes(None, limits, "verification")
+    from graphopt.runtime.session import write_model
+
+    with sandbox_for(model.size_bytes, label=f"the {which} model") as box:
+        spec = write_model(model, box)
+        try:
+            outputs = box.call(_run_in_child, spec, dict(feeds),
+                               config.SerializeToString() if config is not None else None, which)
+        except GraphoptError as exc:
+            exc.where = exc.where if exc.where and exc.where != "sandboxed child" else f"{which} model {model.source}"
+            raise
+        return outputs, box.notes("verification")
+
+
+def _run_in_child(spec: Mapping[str, Any], feeds: Mapping[str, np.ndarray], config_bytes: bytes | None,
+                  which: str) -> dict[str, np.ndarray]:
+    # The confined child's side of _run: the model written by write_model, run as _run_here would.
+    from graphopt.runtime.session import Session, read_model
+
+    config = None
+    if config_bytes is not None:
+        from tensorflow.core.protobuf import config_pb2
+
+        config = config_pb2.ConfigProto.FromString(config_bytes)
+    return _run_here(Session, read_model(spec), feeds, config, which)
+
+
+def _run_here(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config: Any, which: str):
     try:
         # With verification's own config nothing rewrites the graph, so its weights can be fed rather than
         # embedded: the session's copies of the graph then hold no weights (same kernels, same results).
@@ -564,6 +617,11 @@ def _run(session_cls: Any, model: Model, feeds: Mapping[str, np.ndarray], config
     except GraphoptError:
         raise
     except Exception as exc:  # a TF error: the graph does not run on these inputs
+        from graphopt.security.sandbox import resource_error
+
+        limit_hit = resource_error(exc)  # out of memory, or (in the sandbox) a refused write
+        if limit_hit is not None:
+            raise limit_hit from None
         message = getattr(exc, "message", None) or str(exc)
         first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
         code = VerificationError if which == "optimized" else InputError

@@ -62,11 +62,11 @@ class StripMetadata(Pass):
 
 
 @hookimpl
-def register_passes(register):
+def graphopt_register_passes(register):
     register(StripMetadata)
 
 
 @hookimpl
-def register_presets(register):
+def graphopt_register_presets(register):
     register("strip-and-merge", "strip_metadata strip_unused_nodes merge_duplicate_nodes",
              "Strip metadata so equal nodes compare equal, drop unused nodes, then merge duplicates.")

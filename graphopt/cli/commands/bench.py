@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from graphopt.cli.allow import add_allow_arguments, allowed_ops
 from graphopt.errors import UsageError
 
 HELP = "benchmark models side by side: size, nodes, cold start, warm latency, peak memory (or a server under load)"
@@ -25,8 +26,10 @@ def configure(parser) -> None:
                              "SRC, e.g. full,shipped")
     parser.add_argument("--no-cold", action="store_true", help="skip the fresh-process cold-start measurement")
     parser.add_argument("--cold-repeats", type=int, default=1, help="fresh processes per model (median)")
-    parser.add_argument("--allow-unsafe-ops", nargs="?", const=True, default=False, metavar="OP,OP",
-                        help="run graphs holding file/Python/network ops (all, or only these)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="exports of targets (BASE written by optimize --target/--serving-dir): alternating "
+                             "rounds of --runs calls, each runtime in its own process (default 3)")
+    add_allow_arguments(parser, what="load and benchmark")
     srv = parser.add_argument_group("against a running PredictionService (TF Serving or graphopt serve)")
     srv.add_argument("--server", action="append", metavar="HOST:PORT", help="gRPC endpoint (repeat to compare)")
     srv.add_argument("--model", action="append", metavar="NAME[:VERSION]", help="model name (repeat to compare)")
@@ -53,11 +56,13 @@ def run(args, ctx) -> int:
         return _run_server(args, ctx)
     if not args.sources:
         raise UsageError("give at least one model (SRC) or --server/--model", where="graphopt bench")
+    from graphopt.targets.timing import is_export
+
+    if any(is_export(s) for s in args.sources):  # exports of runtime targets: one worker process per runtime
+        return _run_targets(args, ctx)
     from graphopt.bench import bench
 
-    allow = args.allow_unsafe_ops
-    if isinstance(allow, str):
-        allow = [a.strip() for a in allow.split(",") if a.strip()]
+    allow = allowed_ops(args)
     with ctx.err.status(f"benchmarking {len(args.sources)} model(s)..."):
         report = bench(args.sources, labels=args.label, runs=args.runs, warmup=args.warmup,
                        grappler=_grappler_flags(args.grappler, len(args.sources)), cold=not args.no_cold,
@@ -67,6 +72,23 @@ def run(args, ctx) -> int:
         ctx.console.print_json(json.dumps(report.to_dict()))
         return 0
     ctx.console.print(render_report(report))
+    for note in report.notes:
+        ctx.err.print(f"[yellow]note:[/] {note}", highlight=False)
+    return 0
+
+
+def _run_targets(args, ctx) -> int:
+    from graphopt.cli.target_views import render_target_bench
+    from graphopt.targets.timing import bench_exports
+
+    with ctx.err.status(f"benchmarking {len(args.sources)} export(s), one worker process each..."):
+        report = bench_exports(args.sources, labels=args.label, runs=args.runs, rounds=args.rounds,
+                               warmup=args.warmup, cold_repeats=args.cold_repeats, samples=args.sample,
+                               batch=args.batch, dynamic=args.dynamic)
+    if args.json:
+        ctx.console.print_json(json.dumps(report.to_dict(), default=str))
+        return 0
+    ctx.console.print(render_target_bench(report))
     for note in report.notes:
         ctx.err.print(f"[yellow]note:[/] {note}", highlight=False)
     return 0

@@ -35,6 +35,7 @@ def run(args, ctx) -> int:
                   "no download), wrapped with a uint8 input_image and saved as-is, then\n"
                   "optimized with the seed's seven GTT transforms:", highlight=False)
         for spec in transform_spec.parse(SEED_TRANSFORMS):
+            assert isinstance(spec, transform_spec.StepSpec)  # the seed's list has no repeat groups
             out.print(f"  [dim]{escape(transform_spec.format_step(spec.name, spec.args))}[/]", highlight=False)
         out.print()
 

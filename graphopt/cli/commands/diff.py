@@ -3,7 +3,7 @@
 Both sides load through :func:`graphopt.loaders.load` with the same load flags
 (``--signature``, ``--tags``, ``--inputs``, ``--outputs``); ``--b-signature`` etc.
 override them for B. The diff is :func:`graphopt.analysis.diff.diff_models`; the JSON is
-``GraphDiff.to_dict()`` (schema in docs/analysis.md). Exit code 0 whether or not
+``GraphDiff.to_dict()`` (schema in docs/guide/analysis.md). Exit code 0 whether or not
 the graphs differ; ``--exit-code`` makes a difference exit 1, like ``git diff``.
 """
 
@@ -19,7 +19,7 @@ def configure(parser) -> None:
     parser.add_argument("b", metavar="B", help="the model after")
     add_load_arguments(parser)
     add_load_arguments(parser, prefix="b-")
-    parser.add_argument("--json", action="store_true", help="print the diff as JSON (docs/analysis.md)")
+    parser.add_argument("--json", action="store_true", help="print the diff as JSON (docs/guide/analysis.md)")
     parser.add_argument("--by-name", action="store_true", help="match nodes by name only, not by structure")
     parser.add_argument("--limit", type=int, default=20, metavar="N", help="rows per list in the rich view")
     parser.add_argument("--exit-code", action="store_true", help="exit 1 when the graphs differ")

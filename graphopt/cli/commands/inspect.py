@@ -2,10 +2,12 @@
 
 Loading is :func:`graphopt.loaders.load`; the numbers are
 :func:`graphopt.analysis.stats.analyze`; the view is :func:`graphopt.cli.render.render_inspect`.
-The JSON is ``GraphStats.to_dict()`` (schema in docs/analysis.md).
+The JSON is ``GraphStats.to_dict()`` (schema in docs/guide/analysis.md).
 """
 
 from __future__ import annotations
+
+from graphopt.cli.allow import add_allow_arguments, allowed_ops
 
 HELP = "show a model's signature, op histogram, sizes, largest constants and unreachable nodes"
 
@@ -17,6 +19,8 @@ def add_load_arguments(parser, *, prefix: str = "") -> None:
                         help="meta graph tags of a TF1 SavedModel ('' for the empty set)")
     parser.add_argument(f"--{prefix}inputs", metavar="A,B", help="input tensors or nodes (override the signature)")
     parser.add_argument(f"--{prefix}outputs", metavar="X,Y", help="output tensors or nodes (override the signature)")
+    if not prefix:  # loading may run a model's init ops: the same per-op opt-in as every command that runs one
+        add_allow_arguments(parser, what="load")
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -32,14 +36,14 @@ def load_from_args(src: str, args, *, prefix: str = ""):
     get = lambda key: getattr(args, prefix.replace("-", "_") + key, None)  # noqa: E731
     tags = get("tags")
     return load(src, signature=get("signature"), tags=None if tags is None else _names(tags),
-                inputs=_names(get("inputs")), outputs=_names(get("outputs")))
+                inputs=_names(get("inputs")), outputs=_names(get("outputs")), allow_ops=allowed_ops(args))
 
 
 def configure(parser) -> None:
     parser.add_argument("src", metavar="SRC", help="model: SavedModel/Hub folder, .pb, .pbtxt, .keras, .h5, "
                                                    "checkpoint prefix or .meta, or a TF Hub handle")
     add_load_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print the statistics as JSON (docs/analysis.md)")
+    parser.add_argument("--json", action="store_true", help="print the statistics as JSON (docs/guide/analysis.md)")
     parser.add_argument("--limit", type=int, default=20, metavar="N", help="rows per list in the rich view")
 
 

@@ -48,7 +48,7 @@ def run(args, ctx) -> int:
         missing = sorted(set(dtypes) - set(inputs))
         if missing:
             raise UsageError(f"no value for input {', '.join(missing)}", hint="add --input KEY=FILE")
-        if args.server:
+        if isinstance(client, GrpcClient):
             outputs = client.predict(args.model, inputs, signature=args.signature, version=args.version)
         else:
             outputs = client.predict(args.model, inputs, signature=args.signature, version=args.version,

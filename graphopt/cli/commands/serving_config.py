@@ -23,6 +23,12 @@ def configure(parser) -> None:
                         "weight compression, full for untouched graphs")
     parser.add_argument("--no-session-config", action="store_true",
                         help="write models.config only (the model was not pre-optimized)")
+    parser.add_argument("--target", metavar="NAME", default="tfserving",
+                        help="the server to configure: tfserving (models.config, default), openvino (OVMS's "
+                             "config.json with each export's verified plugin_config), onnx (Triton's NAME/config.pbtxt)")
+    parser.add_argument("--precision", metavar="P",
+                        help="the precision whose settings to write when BASE is not a local export (default: the "
+                             "export's own, read from BASE's newest version)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the files into")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -69,6 +75,8 @@ def run(args, ctx) -> int:
     from graphopt.serving.model_config import write_model_config
 
     models = parse_models(args.model, args.version, args.label)
+    if args.target != "tfserving":
+        return _run_target(args, ctx, models)
     written = {"models": str(write_model_config(args.output, models))}
     if not args.no_session_config:
         from graphopt.runtime.config import write_serving_config
@@ -87,4 +95,35 @@ def run(args, ctx) -> int:
     ctx.console.print(f"[dim]docker run -p 8500:8500 -p 8501:8501 -v {out.resolve()}:/config "
                       f"-v <models>:<base paths> tensorflow/serving {' '.join(flags)}[/]",
                       highlight=False, soft_wrap=True)
+    return 0
+
+
+def _run_target(args, ctx, models) -> int:
+    """Another target's server config, with the runtime settings each local export was verified with."""
+    from pathlib import Path
+
+    from graphopt.targets.base import Manifest, create_target, version_dir_of, write_atomic
+
+    target = create_target(args.target, args.precision, host=ctx.host)
+    settings = {}
+    for m in models:
+        vdir = version_dir_of(m.base_path)
+        manifest = Manifest.read(vdir) if vdir.is_dir() else None
+        if manifest is None:
+            continue  # a base path as the server sees it: the settings of --precision
+        if manifest.target != target.name:
+            raise UsageError(f"model {m.name} is an export for target '{manifest.target}', not '{target.name}'",
+                             where=str(vdir), hint=f"use --target {manifest.target}")
+        if args.precision and args.precision != manifest.precision:
+            raise UsageError(f"model {m.name} was exported and verified in {manifest.precision}, not {args.precision}",
+                             where=str(vdir), hint="leave --precision out: the export's own settings are used")
+        settings[m.name] = manifest.settings
+    files = target.server_files(models, settings=settings)
+    written = {name: str(write_atomic(Path(args.output) / name, text)) for name, text in files.items()}
+    if args.json:
+        ctx.console.print_json(json.dumps({"files": written, "models": [m.__dict__ for m in models],
+                                           "settings": settings}))
+        return 0
+    for name, path in written.items():
+        ctx.console.print(f"wrote {target.server or target.name} config {name}: {path}", highlight=False)
     return 0

@@ -35,7 +35,7 @@ def _host():
     class Extra:
         @staticmethod
         @graphopt_snapshots.hookimpl
-        def register_passes(register):
+        def graphopt_register_passes(register):
             register(failing)
 
     return Host.create(plugins=True, allow=["snapshots", "snap-extra"],
