@@ -148,6 +148,13 @@ def evaluate_runtimes(data: dict) -> list[dict[str, Any]]:
     for r in models:
         name = r["model"]
         f32, raw = _bench_row(r, "openvino f32"), _bench_row(r, "openvino untouched")
+        layers = r.get("openvino_layers")
+        if layers:
+            same = layers["graphopt"] <= layers["untouched"] and all(a <= b for a, b in layers["differ"].values())
+            out.append(_check(name, "openvino f32 executes no layer the untouched model does not (compiled graphs)",
+                              f"{layers['graphopt']} vs {layers['untouched']} layers", "no more", same,
+                              "differ by type: " + str(layers["differ"])))
+            out[-1]["note"] = "differ by type: " + (str(layers["differ"]) if layers["differ"] else "none")
         if f32 and raw:
             ratio = f32["round_ratio"] / raw["round_ratio"]
             out.append(_check(name, "openvino f32 never slower than OpenVINO on the untouched model", ratio, 1.0,

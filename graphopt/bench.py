@@ -258,12 +258,12 @@ def runtime_config(setting: bool | str, path: str | Path | None = None) -> tuple
         except (text_format.ParseError, OSError) as exc:
             raise InputError(f"cannot read the shipped session config: {exc}", where=str(found)) from None
         return config, f"{describe_config(config)} (shipped)"
-    if setting not in ("full", "off", "constfold", "remap"):
+    from graphopt.runtime.config import RUNTIME_OPTIMIZERS, session_config
+
+    if setting not in RUNTIME_OPTIMIZERS:
         raise UsageError(f"runtime optimizer must be full, off, constfold, remap or shipped, not {setting!r}",
                          where="--grappler")
-    from graphopt.runtime.config import session_config
-
-    config = session_config(setting)
+    config = session_config(setting)  # type: ignore[arg-type]  # checked against RUNTIME_OPTIMIZERS just above
     return config, setting
 
 
@@ -509,7 +509,7 @@ def bench(sources: Sequence[str | Path | Model], *, labels: Sequence[str] | None
             files = []
             for i, f in enumerate(feeds):
                 files.append(tmp / f"feeds{i}.npz")
-                np.savez(files[-1], **f)
+                np.savez(files[-1], **f)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
             runs_by_model: list[list[dict]] = [[] for _ in specs]
             for _ in range(cold_repeats):  # round-robin, so drifting background load hits every model alike
                 for i, spec in enumerate(specs):

@@ -123,3 +123,22 @@ def test_tune_and_preset_are_exclusive(repo, tmp_path):
         fleet(repo, tmp_path / "x", tune=True, preset="serving")
     with pytest.raises(UsageError):
         fleet(repo, tmp_path / "x", preset="no-such-preset")
+
+
+def test_tune_mode_searches_each_model_with_the_server_wide_runtime(model_path, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(model_path("keras_saved_model", keras_saved_model), repo / "solo" / "1")
+    (repo / "models.config").write_text(model_config_text([ServedModel("solo", str(repo / "solo"))]))
+    result = fleet(repo / "models.config", tmp_path / "new", tune=True, pipelines=["serving", ""],
+                   runtime_optimizer="off", options=TuneOptions(**FAST))
+    (job,) = result.jobs
+    assert result.mode == "tune" and result.runtime["optimizer"] == "off"
+    report = json.loads(Path(job["tune_report"]).read_text())
+    tried = {t["label"] for t in report["trials"]}
+    assert {"serving | off", "no passes | off", "as exported"} <= tried  # both pipelines, pinned to the server's mode
+    assert all(t["runtime"].get("optimizer") in (None, "off") for t in report["trials"] if t["status"] != "anchor")
+    assert job["status"] in ("ok", "kept") and job["new"]["runtime"]["optimizer"] == "off"
+    # A new version, or (nothing verified beat it) the served one copied as it is: the new base serves either way.
+    assert (tmp_path / "new" / "solo" / "1" / "saved_model.pb").is_file()
+    config = parse_model_config((tmp_path / "new" / "models.config").read_text())
+    assert config.model_config_list.config[0].base_path == str(tmp_path / "new" / "solo")

@@ -180,7 +180,12 @@ def graph_fuzz_main(base_path: str, work: str, examples: int) -> None:
             except GraphoptError:
                 pass
 
-    check()
+    # One confined child for every example's fold_constants, as one optimize run has: a fresh child (and
+    # TensorFlow import) per example would make the fuzz loop minutes longer without testing more.
+    from graphopt.security.sandbox import shared_sandbox
+
+    with shared_sandbox(start=False):
+        check()
 
 
 def _fuzz_in_child(main: str, source: Path, tmp_path: Path, examples: int) -> None:

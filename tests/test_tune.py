@@ -323,3 +323,20 @@ def test_frozen_graph_source_is_measured_against_itself_frozen(model_path, tmp_p
     assert not result.anchor.candidate.baseline and result.anchor.figure.ratio == pytest.approx(1.0)
     assert result.winner is not None and (result.exported / "saved_model.pb").is_file()
     assert {t.candidate.build.pipeline for t in result.trials} == {"", "serving"}
+
+
+def test_an_export_tf_serving_cannot_open_is_measured_frozen_instead(model_path, tmp_path):
+    """A SavedModel without the 'serve' tag loads in graphopt (--tags) but not in TF Serving: the yardstick falls
+    back to the frozen model with no pass, and the report says so."""
+    from models import tf1_saved_model
+
+    src = model_path("tf1_saved_model", tf1_saved_model)
+    space = build_space(Host.create(), pipelines=["serving"], targets=[TFSERVING],
+                        fixed_runtime={"optimizer": "full", "intra_op": 0, "inter_op": 0})
+    result = tune(src, tmp_path / "base", options=TuneOptions(**FAST, signature="logits", tags=["custom", "cpu"],
+                                                               export_if_slower=True), space=space)
+    assert any("could not be benchmarked" in n for n in result.notes), result.notes
+    assert not result.anchor.candidate.baseline and result.anchor.candidate.label.startswith("no passes")
+    assert result.winner is not None and result.winner.verification["passed"]
+    log = records(result.workdir)
+    assert [r["type"] for r in log].count("anchor_failed") == 1

@@ -125,16 +125,21 @@ class RayEngine:
                 "cpus": sum(int(n.get("Resources", {}).get("CPU", 0)) for n in nodes), "bench_cpus": self.bench_cpus}
 
     def _wait(self, refs: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
-        while refs:
-            ready, _ = self.ray.wait(list(refs), num_returns=1)
-            for ref in ready:
-                item = refs.pop(ref)
-                try:
-                    yield item, self.ray.get(ref)
-                except Exception as exc:  # a task that died (node lost, worker killed)
-                    yield item, {"status": "failed", "error": {"message": f"Ray task failed: {type(exc).__name__}: "
-                                                                         f"{str(exc).splitlines()[0][:300]}",
-                                                              "where": "ray"}}
+        try:
+            while refs:
+                ready, _ = self.ray.wait(list(refs), num_returns=1)
+                for ref in ready:
+                    item = refs.pop(ref)
+                    try:
+                        result = self.ray.get(ref)
+                    except Exception as exc:  # a task that died (node lost, worker killed)
+                        result = {"status": "failed", "error": {"message": f"Ray task failed: {type(exc).__name__}: "
+                                                                           f"{str(exc).splitlines()[0][:300]}",
+                                                                "where": "ray"}}
+                    yield item, result
+        finally:  # the caller stopped early (budget, Ctrl-C): what has not finished is cancelled, not left running
+            for ref in refs:
+                self.ray.cancel(ref, force=True)
 
     def builds(self, specs: Sequence[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         task = self.ray.remote(num_cpus=1, max_retries=0)(run_build)

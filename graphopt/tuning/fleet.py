@@ -39,6 +39,7 @@ from graphopt.errors import InputError, OutputError, UsageError
 from graphopt.tuning.log import TrialLog
 
 FLEET_DIR = ".graphopt-fleet"
+DONE = ("ok", "kept")  # a new version written, or the served one kept (nothing verified beat it)
 FLEET_LOG = "fleet.jsonl"
 REPORT_NAME = "fleet-report.json"
 Event = Callable[[str, dict[str, Any]], None]
@@ -185,14 +186,21 @@ def summarize(job: Mapping[str, Any], result: Any, seconds: float) -> dict[str, 
                "p10": f.p10 if f else None, "p90": f.p90 if f else None, "ratio": f.ratio if f else None,
                "spread": f.spread if f else None, "rounds": f.rounds if f else None, "max_rel": best.max_rel,
                "verification": best.verification, "load_s": best.load_s, "first_s": best.first_s}
-    if result.exported is not None:
+    exported = str(result.exported) if result.exported is not None else None
+    if exported is not None:
         status, error = "ok", None
+    elif best is not None and best.figure is not None:
+        # Verified and measured, but not faster than what is served: the served version stays, copied as it is.
+        from graphopt.tuning.targets import install
+
+        status, error = "kept", {"message": "; ".join(result.notes) or "the served version was the fastest"}
+        exported = str(install(Path(job["src"]), Path(job["out"]), int(job["version"]), force=True))
     else:
         status = "failed"
         failed = [t for t in result.trials if t.status in ("failed", "rejected")]
         error = {"message": "; ".join(result.notes) or (failed[0].reason if failed else "nothing exported")}
     return {"model": job["model"], "version": job["version"], "status": status, "error": error,
-            "source": job["src"], "exported": str(result.exported) if result.exported else None,
+            "source": job["src"], "exported": exported,
             "served": served, "new": new, "counts": result.counts(), "notes": result.notes,
             "tune_report": str(result.report), "seconds": seconds, "objective": result.objective,
             "engine_node": os.uname().nodename}
@@ -262,7 +270,7 @@ def fleet(config: str | os.PathLike, out_root: str | os.PathLike, *, tune: bool 
             continue
         for v in e.versions:
             prev = done.get((e.name, v))
-            if prev is not None and prev["status"] == "ok" and prev.get("exported") and Path(prev["exported"]).is_dir():
+            if prev is not None and prev["status"] in DONE and prev.get("exported") and Path(prev["exported"]).is_dir():
                 continue
             if prev is not None and prev["status"] == "failed" and not retry:
                 continue
@@ -276,7 +284,7 @@ def fleet(config: str | os.PathLike, out_root: str | os.PathLike, *, tune: bool 
         if e.problem:
             skipped.append({"model": e.name, "version": None, "status": "skipped", "error": {"message": e.problem},
                             "source": str(e.base_path), "served": None, "new": None})
-    emit("fleet", {"jobs": len(jobs), "done": sum(1 for r in done.values() if r["status"] == "ok"),
+    emit("fleet", {"jobs": len(jobs), "done": sum(1 for r in done.values() if r["status"] in DONE),
                    "models": len(entries)})
     interrupted = False
     try:
@@ -309,21 +317,21 @@ def _write_config(result: FleetResult, parsed: Any, entries: Sequence[ServedEntr
 
     from graphopt.runtime.config import write_serving_config
     from graphopt.serving.model_config import FILE_NAME
-    from graphopt.tuning.targets import write_text_atomic
+    from graphopt.targets.base import write_atomic
 
     new = type(parsed)()
     new.CopyFrom(parsed)
     by_name = {e.name: e for e in entries}
     for mc in new.model_config_list.config:
         e = by_name[mc.name]
-        ok = bool(e.versions) and all((done.get((e.name, v)) or {}).get("status") == "ok" for v in e.versions)
+        ok = bool(e.versions) and all((done.get((e.name, v)) or {}).get("status") in DONE for v in e.versions)
         if ok:
             mc.base_path = str(root / e.name)
         else:
             mc.base_path = str(e.base_path)
             result.notes.append(f"{e.name}: still served from {e.base_path} (not every served version was re-optimized)")
     try:
-        result.models_config = write_text_atomic(root / FILE_NAME, text_format.MessageToString(new))
+        result.models_config = write_atomic(root / FILE_NAME, text_format.MessageToString(new))
         files = write_serving_config(root, runtime_optimizer=runtime["optimizer"])
     except OSError as exc:
         raise OutputError(f"cannot write the new model config: {exc}", where=str(root)) from None

@@ -70,6 +70,10 @@ SIZE_TIE = 0.01
 Event = Callable[[str, dict[str, Any]], None]
 
 
+class _AnchorFailed(Exception):
+    """The anchor's worker could not load, verify or run it in a heat."""
+
+
 class TuneInterrupted(KeyboardInterrupt):
     """Ctrl-C during a search: ``result`` holds what finished (also in the trial log)."""
 
@@ -272,7 +276,8 @@ class _Search:
         self.exported: Path | None = None
         self.export_notes: list[str] = []
         self.unexported: str | None = None
-        self.cleaned: set[str] = set()  # builds whose artifact a finished search removed  # fastest verified, but not faster than the model as exported
+        self.cleaned: set[str] = set()  # builds whose artifact a finished search removed
+        self.budget_stopped = False  # the final rungs were cut short by the budget  # fastest verified, but not faster than the model as exported
 
     # --- bookkeeping -------------------------------------------------------------
 
@@ -520,6 +525,43 @@ class _Search:
 
     def _race(self) -> None:
         assert self.anchor is not None
+        failed = self.log.last("anchor_failed")
+        if failed is not None and self.anchor.baseline:
+            self._replace_anchor(failed.get("reason", ""), log=False)
+        try:
+            self._race_once()
+        except _AnchorFailed as exc:
+            if not self.anchor.baseline:
+                raise InputError(f"the anchor ({self.anchor.label}) could not be benchmarked: {exc}", where=self.src,
+                                 hint="tune measures every candidate against it; see the worker logs in the work dir"
+                                 ) from None
+            self._replace_anchor(str(exc))
+            self._race_once()
+
+    def _replace_anchor(self, reason: str, *, log: bool = True) -> None:
+        """The model as exported cannot be opened the way TF Serving opens it: measure against it frozen instead."""
+        full = {"optimizer": "full", "intra_op": 0, "inter_op": 0}
+        frozen = self.builds.get(Build(NO_PASSES).key) or {}
+        if frozen.get("status") != "ok":  # not built yet (it is built last): it is the yardstick now
+            for spec, result in self.engine.builds([{**self._build_spec(Build(NO_PASSES)), "runtime": full,
+                                                     "detection": self.reference.get("detection", False)}]):
+                frozen = self._record_build(spec, result)
+        if frozen.get("status") == "ok":
+            self.anchor = Candidate.make(Build(NO_PASSES), full)
+        else:
+            verified = self._stage0()
+            if not verified:
+                raise InputError(f"the model as exported could not be benchmarked ({reason}) and no candidate can "
+                                 "stand in for it", where=self.src)
+            self.anchor = verified[0]
+        if log:
+            self.log.append({"type": "anchor_failed", "reason": reason})
+        self.notes.append(f"the model as exported could not be benchmarked ({reason[:200]}); ratios are to "
+                          f"{self.anchor.label} instead")
+        self.pool, self.pruned = [], {}
+
+    def _race_once(self) -> None:
+        assert self.anchor is not None
         if self.anchor.baseline:
             self._register(self.anchor, "anchor")
         stage0 = self._stage0()
@@ -611,6 +653,7 @@ class _Search:
             if not self._time_left() and any(self._latest(c)[1] is not None for c in self.pool):
                 # Soft budget: with nothing measured yet, one rung still runs, so there is a verified answer.
                 self.notes.append(f"budget: stopped before rung {rung} ({len(self.pool)} candidate(s) left)")
+                self.budget_stopped = True
                 break
             self._measure([self.candidates[c] for c in self.pool], rung, "final")
             figures = {cid: f for cid in self.pool if (f := self._figure(cid, rung)) is not None}
@@ -626,6 +669,8 @@ class _Search:
         rec = self.measures.get((cid, rung))
         if rec is None or rec.get("status") != "ok" or not rec.get("figure"):
             return None
+        if self.anchor is not None and rec.get("anchor") != self.anchor.id:
+            return None  # a ratio to another anchor (the model as exported, before it failed) does not compare
         return race.Figure(**rec["figure"])
 
     def _latest(self, cid: str) -> tuple[int | None, race.Figure | None]:
@@ -664,11 +709,12 @@ class _Search:
             return
         size = self._max_workers() - 1
         groups = [todo[i:i + size] for i in range(0, len(todo), size)]
-        heats = [{"workdir": str(self.work), "reference": str(self.work / "reference.npz"),
+        common = {"workdir": str(self.work), "reference": str(self.work / "reference.npz"),
                   "tolerance": self.tolerance, "detection": self.reference.get("detection", False),
-                  "plugins": self.plugins, "allow_unsafe": self.opts.allow_unsafe, "mode": self.mode, "rounds": self.rungs[rung], "reps": self.opts.reps,
-                  "warmup": self.opts.warmup, "deadline": self.deadline, "min_rounds": 2 if self.mode == "warm" else 1,
-                  "members": [self._member(self.anchor)] + [self._member(c) for c in g]} for g in groups]
+                  "plugins": self.plugins, "allow_unsafe": self.opts.allow_unsafe, "mode": self.mode,
+                  "rounds": self.rungs[rung], "reps": self.opts.reps, "warmup": self.opts.warmup,
+                  "deadline": self.deadline, "min_rounds": 2 if self.mode == "warm" else 1}
+        heats = [{**common, "members": [self._member(self.anchor)] + [self._member(c) for c in g]} for g in groups]
         self.emit("heats", {"stage": stage, "rung": rung, "heats": len(heats), "candidates": len(todo),
                             "rounds": self.rungs[rung]})
         measured_any = any(k[1] == 0 for k in self.measures)
@@ -692,9 +738,8 @@ class _Search:
         members = result["members"]
         anchor_res = members.get(self.anchor.id, {})
         if anchor_res.get("status") != "ok":
-            err = anchor_res.get("error") or anchor_res.get("verification")
-            raise InputError(f"the anchor ({self.anchor.label}) could not be benchmarked: {err}",
-                             where=self.src, hint="tune measures every candidate against the model as exported")
+            err = anchor_res.get("error") or anchor_res.get("verification") or {}
+            raise _AnchorFailed(str(err.get("message") if isinstance(err, dict) and "message" in err else err))
         self._log_measure(self.anchor.id, rung, "anchor", anchor_res,
                           race.figure(anchor_res, anchor_res, self.mode), heat=result)
         for m in heat["members"][1:]:
@@ -762,9 +807,9 @@ class _Search:
         self.export_notes = target.server_notes(winner.settings, path)
         files = target.server_files(self.out.name, self.out, path, winner.settings)
         if files:
-            from graphopt.tuning.targets import write_text_atomic
+            from graphopt.targets.base import write_atomic
 
-            written = [write_text_atomic(self.work / "server" / name, text) for name, text in files.items()]
+            written = [write_atomic(self.work / "server" / name, text) for name, text in files.items()]
             self.export_notes.append("server config for this model alone: " + ", ".join(str(p) for p in written))
         self.log.append({"type": "export", "id": winner.id, "path": str(path), "version": version,
                          "notes": self.export_notes})
@@ -823,7 +868,10 @@ class _Search:
             t.status, t.reason = "finalist", "fastest verified candidate, but not faster than the model as exported"
             return t
         if c.id in self.pool and fig is not None:
-            t.status, t.reason = "finalist", "survived every rung; the winner was preferred (faster or lossless)"
+            t.status = "finalist"
+            t.reason = (f"still in the race when the budget ran out (last measured at rung {rung}); the winner "
+                        "measured faster" if self.budget_stopped else
+                        "survived every rung; the winner was preferred (faster, or lossless within noise)")
             return t
         t.reason = self.not_run.get(c.id) or self.not_run.get(c.build.key) or "not reached"
         return t

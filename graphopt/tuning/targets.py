@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from graphopt.errors import OutputError, UsageError
+from graphopt.targets.base import write_atomic
 from graphopt.tuning.space import TFSERVING, runtime_label
 
 ARTIFACT_VERSION = 1  # artifacts are written as a one-version serving base: <artifact>/1/
@@ -75,7 +76,7 @@ class TargetAdapter:
         if manifest is not None:
             target = self.instance(manifest.precision)
             for file_name, text in target.base_files(model_name or base.resolve().name, path, manifest).items():
-                write_text_atomic(base / file_name, text)
+                write_atomic(base / file_name, text)
         return path
 
     def server_files(self, name: str, base: Path, path: Path, settings: Mapping[str, Any]) -> dict[str, str]:
@@ -190,21 +191,6 @@ def install(artifact: Path, base: Path, version: int, *, force: bool = False) ->
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     return target
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """A small config file, replaced whole (a reader never sees half of it)."""
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", where=str(path)) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def saved_model_spec(path: Path | str, signature: Any) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def run(args, ctx) -> int:
         ctx.console.print_json(json.dumps(result.to_dict(), default=str))
     else:
         render_fleet(ctx.console, result)
-    return 0 if all(j["status"] == "ok" for j in result.jobs) else 1
+    return 1 if any(j["status"] == "failed" for j in result.jobs) else 0
 
 
 class FleetProgress:
@@ -91,7 +91,7 @@ class FleetProgress:
             if data.get("done"):
                 self.console.print(f"  resuming: {data['done']} model version(s) already done", highlight=False)
         elif kind == "job_done":
-            style = "green" if data["status"] == "ok" else "red"
+            style = {"ok": "green", "kept": "cyan"}.get(data["status"], "red")
             new = data.get("new") or {}
             ratio = f"{new['ratio']:.3f}x the served version" if new.get("ratio") is not None else ""
             err = (data.get("error") or {}).get("message", "")
@@ -119,7 +119,7 @@ def render_fleet(console, result) -> None:
         table.add_column(col, no_wrap=col not in ("model", "variant"), **kw)
     for j in result.jobs:
         new = j.get("new") or {}
-        style = "green" if j["status"] == "ok" else "red" if j["status"] == "failed" else "dim"
+        style = {"ok": "green", "kept": "cyan", "failed": "red"}.get(j["status"], "dim")
         spread = new.get("spread")
         ratio = (f"{new['ratio']:.3f}" + (f"±{spread:.2f}" if spread is not None and spread == spread else "")
                  if new.get("ratio") is not None else "-")
@@ -131,7 +131,7 @@ def render_fleet(console, result) -> None:
     console.print(table)
     for j in result.jobs:
         if j["status"] != "ok":
-            console.print(f"[red]{escape(j['model'])} v{j.get('version') or '-'}:[/] "
+            console.print(f"[{'cyan' if j['status'] == 'kept' else 'red'}]{escape(j['model'])} v{j.get('version') or '-'}:[/] "
                           f"{escape(str((j.get('error') or {}).get('message')))}", highlight=False, soft_wrap=True)
     counts = ", ".join(f"{n} {s}" for s, n in result.counts().items())
     console.print(f"{len(result.jobs)} model version(s): {counts}; {result.seconds:.0f} s, engine "
