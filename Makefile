@@ -19,8 +19,9 @@ setup: $(BIN)/graphopt
 demo: setup
 	$(BIN)/graphopt demo
 
+# One worker per core (at most 4: each holds TensorFlow and its confined child), a test file per worker.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # ruff (style, no print outside the CLI, no module-level TensorFlow imports) and mypy on graphopt/.
 lint: setup

@@ -117,7 +117,7 @@ def test_shipped_session_config_is_used(two_models, tmp_path):
 
 def test_bench_against_a_served_model(cli, tmp_path):
     """Two versions of one model served by ``graphopt serve``, load-tested side by side over gRPC."""
-    from test_serving import serve
+    from serving_support import serve
 
     from graphopt.serving.export import export_versioned
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serving_support import free_port
 
 from graphopt.model import Model, Signature, TensorSpec
 
@@ -82,12 +83,6 @@ TRAP_OK, TRAP_HANG, TRAP_ABORT = (np.array(v, np.float32) for v in ([1.0, 2.0], 
 
 
 # --- a server process and how to talk to it ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

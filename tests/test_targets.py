@@ -10,6 +10,8 @@ without any other runtime. OpenVINO and ONNX have their own tests in plugins/*/t
 from __future__ import annotations
 
 import json
+import os
+import re
 import types
 from pathlib import Path
 
@@ -40,7 +42,7 @@ from graphopt.targets.base import (
 
 class _SessionRunner(Runner):
     def __init__(self, model: Model, noise: float) -> None:
-        super().__init__(model.signature, f"pbfile (TensorFlow, noise {noise})")
+        super().__init__(model.signature, f"pbfile (TensorFlow, noise {noise}, pid {os.getpid()})")
         self.session, self.noise = Session(model), noise
 
     def run(self, feeds):
@@ -201,7 +203,8 @@ def test_plugin_target_converts_verifies_and_writes_its_layout(keras_src, tmp_pa
     assert manifest.sig == result.model.signature
     report = result.target.verification
     assert shown == [report] and report.passed and report.max_rel == 0
-    assert any("pbfile" in n for n in report.notes)
+    runtime = next(n for n in report.notes if n.startswith("runtime: pbfile"))
+    assert int(re.search(r"pid (\d+)", runtime).group(1)) != os.getpid()  # the converted model ran confined
     assert result.to_dict()["target"]["path"] == str(version)
     assert target_of(version, host) == "pbfile"
     feeds = random_inputs(result.model.signature, batch=3, seed=2)

@@ -323,7 +323,8 @@ def loads_answer(data: bytes | bytearray | memoryview) -> Any:
         raise pickle.UnpicklingError(f"not a well-formed answer ({type(exc).__name__}: {exc})"[:300]) from None
 
 
-def _ref(fn: str | Callable[..., Any]) -> str:
+def function_ref(fn: str | Callable[..., Any]) -> str:
+    """``"module:qualname"`` for a module-level function or class a child can import (``ValueError`` if none)."""
     if isinstance(fn, str):
         return fn if ":" in fn else "{}:{}".format(*fn.rsplit(".", 1))
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
@@ -500,7 +501,7 @@ class Sandbox:
         of sending it (for :meth:`call_kept`). Limits hit, crashes and refused writes raise
         :class:`ResourceError`; the child is then gone and the next call starts a new one.
         """
-        ref = _ref(fn)
+        ref = function_ref(fn)
         if not self.limits.confined:
             result = _child.resolve(ref)(*args, **dict(kwargs or {}))
             if keep:
@@ -833,7 +834,7 @@ class ConfinedWorker:
     def __init__(self, factory: str | Callable[..., Any], *factory_args: Any, limits: Limits | None = None,
                  label: str = "the model", preload: Iterable[str] = ("tensorflow",),
                  start_timeout: float | None = None) -> None:
-        self.factory = _ref(factory)
+        self.factory = function_ref(factory)
         self.factory_args = factory_args
         self.limits = limits or default_limits()
         self.label = label

@@ -457,7 +457,36 @@ def refuse_tables_and_strings(target: str, model: Model) -> None:
 
 
 def run_for_verification(target: Target, version_dir: Path, feeds: Feeds) -> tuple[dict[str, np.ndarray], str]:
-    """Load ``version_dir`` with ``target`` (as the server will) and run ``feeds`` once: outputs, runner's description."""
+    """Load ``version_dir`` with ``target`` (as the server will) and run ``feeds`` once: outputs, runner's description.
+
+    The converted model is a stranger's graph in another runtime's hands: it runs in a confined child
+    (:mod:`graphopt.security.sandbox`, the run's shared one when it fits), like every execution of a
+    TensorFlow graph. The child makes the target again from its class and precision, so a target class
+    must be importable by name (module level); one that is not runs here, and the description says so.
+    """
+    from graphopt.security import sandbox
+
+    version_dir = Path(version_dir)
+    try:
+        cls_ref = sandbox.function_ref(type(target))
+    except ValueError:
+        outputs, description = open_and_run(target, version_dir, feeds)
+        return outputs, f"{description} (unconfined: target class {type(target).__qualname__} is not importable)"
+    size = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
+    with sandbox.sandbox_for(size, label=f"target '{target.name}' running {version_dir.name}") as box:
+        outputs, description = box.call(_run_in_child, cls_ref, target.precision, str(version_dir), feeds)
+    return outputs, description
+
+
+def _run_in_child(cls_ref: str, precision: str, version_dir: str, feeds: Feeds) -> tuple[dict[str, np.ndarray], str]:
+    """:func:`run_for_verification`'s side in the confined child."""
+    from graphopt.security._child import resolve
+
+    return open_and_run(resolve(cls_ref)(precision), Path(version_dir), feeds)
+
+
+def open_and_run(target: Target, version_dir: Path, feeds: Feeds) -> tuple[dict[str, np.ndarray], str]:
+    """Open ``version_dir`` with ``target`` and run ``feeds`` once, in this process."""
     try:
         with target.open(version_dir) as runner:
             return runner.run(feeds), runner.description

@@ -10,9 +10,13 @@ A candidate's figure at a rung is the median of its per-round ratios; its noise
 is half the interquartile range of those ratios. Pruning after each rung:
 
 1. a candidate **clearly slower** than the best -- by more than the larger of
-   ``noise_floor`` and the two candidates' noise added -- is dropped;
-2. of the rest, at most ``keep_fraction`` (rounded up) go on to the next rung,
-   which measures them with more rounds (successive halving).
+   the noise floor and the two candidates' noise added -- is dropped. The floor
+   is 3 % for the most-measured rung and grows as ``1/sqrt(rounds)`` below it
+   (:func:`floor_for`): a spread taken from three rounds understates the noise,
+   and a lucky first rung must not eliminate the runner-up;
+2. of the rest, at most ``keep_fraction`` (rounded up, never fewer than two)
+   go on to the next rung, which measures them with more rounds (successive
+   halving), so the last decision is always made between real alternatives.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-NOISE_FLOOR = 0.03  # ratios closer than 3 % are never told apart from a few rounds on a shared machine
+NOISE_FLOOR = 0.03  # ratios closer than 3 % are never told apart, even with the most rounds, on a shared machine
 KEEP_FRACTION = 0.5
+MIN_KEEP = 2
+
+
+def floor_for(rounds: int, most_rounds: int) -> float:
+    """The noise floor of a rung measured with ``rounds`` rounds when the last rung has ``most_rounds``."""
+    return NOISE_FLOOR * math.sqrt(max(most_rounds, 1) / max(rounds, 1))
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -87,7 +97,7 @@ def noise(f: Figure) -> float:
 
 
 def prune(figures: Mapping[str, Figure], *, noise_floor: float = NOISE_FLOOR, keep_fraction: float = KEEP_FRACTION,
-          cap: bool = True) -> tuple[list[str], dict[str, str]]:
+          cap: bool = True, min_keep: int = MIN_KEEP) -> tuple[list[str], dict[str, str]]:
     """Survivors (fastest first) and a reason for each pruned candidate; see the module docstring."""
     if not figures:
         return [], {}
@@ -103,12 +113,17 @@ def prune(figures: Mapping[str, Figure], *, noise_floor: float = NOISE_FLOOR, ke
         else:
             survivors.append(cid)
     if cap:
-        keep = max(1, math.ceil(len(figures) * keep_fraction))
+        keep = max(min_keep, math.ceil(len(figures) * keep_fraction))
         for cid in survivors[keep:]:
             pruned[cid] = (f"not in the faster {keep_fraction:.0%} ({figures[cid].ratio:.3f}x vs best "
                            f"{best.ratio:.3f}x, within noise): successive halving")
         survivors = survivors[:keep]
     return survivors, pruned
+
+
+def slower_than_anchor(f: Figure, *, noise_floor: float = NOISE_FLOOR) -> bool:
+    """Whether ``f`` is slower than the model as exported (ratio 1.0) by more than its noise: not worth exporting."""
+    return f.ratio > 1 + max(noise_floor, noise(f))
 
 
 def tied(figures: Mapping[str, Figure], *, noise_floor: float = NOISE_FLOOR) -> list[str]:

@@ -637,7 +637,7 @@ class _Search:
             return
         self._measure([self.candidates[c] for c in everyone], 0, name)  # those measured already are skipped
         figures = {cid: f for cid in everyone if (f := self._figure(cid, 0)) is not None}
-        survivors, pruned = race.prune(figures)
+        survivors, pruned = race.prune(figures, noise_floor=race.floor_for(self.rungs[0], self.rungs[-1]))
         for cid, reason in pruned.items():
             self.pruned[cid] = (0, reason)
             self.emit("pruned", {"id": cid, "label": self.candidates[cid].label, "reason": reason})
@@ -659,7 +659,8 @@ class _Search:
             figures = {cid: f for cid in self.pool if (f := self._figure(cid, rung)) is not None}
             if not figures:
                 break
-            survivors, pruned = race.prune(figures, cap=rung < last)
+            survivors, pruned = race.prune(figures, cap=rung < last,
+                                           noise_floor=race.floor_for(self.rungs[rung], self.rungs[-1]))
             for cid, reason in pruned.items():
                 self.pruned[cid] = (rung, reason)
                 self.emit("pruned", {"id": cid, "label": self.candidates[cid].label, "reason": reason})
@@ -778,8 +779,7 @@ class _Search:
 
         # Among what the noise cannot separate: lossless before lossy, then the fastest.
         best = min(ties, key=lambda cid: (not lossless(cid), figures[cid].ratio))
-        anchor_margin = max(race.NOISE_FLOOR, race.noise(figures[best]))
-        if self.opts.objective != "size" and figures[best].ratio > 1 + anchor_margin:
+        if self.opts.objective != "size" and race.slower_than_anchor(figures[best]):
             if self.opts.export_if_slower:
                 self.notes.append(f"{self.candidates[best].label} runs at {figures[best].ratio:.3f}x the model as "
                                   "exported (slower); exported as asked")
