@@ -291,3 +291,35 @@ def test_reads_can_be_confined_too(tmp_path):
     only_allowed = graph_model(lambda x: {"a": tf.io.read_file(str(shared / "vocab.txt"))}, {"x": (tf.float32, [None])})
     assert run_model_confined(only_allowed, {"x": x}, limits=SMALL.replace(read_paths=(str(shared),)))["a"] == \
         b"the model's"
+
+
+def test_timing_and_heat_workers_confine_themselves(tmp_path):
+    """bench --target's and tune's worker processes (which must own their process to be timed) apply the
+    sandbox's limits to themselves before they open a model: writes only beneath their scratch folder."""
+    import json
+    import subprocess
+
+    if not LANDLOCK:
+        pytest.skip("this check uses Landlock")
+    scratch, elsewhere = tmp_path / "scratch", tmp_path / "elsewhere"
+    scratch.mkdir()
+    elsewhere.mkdir()
+    config = sandbox.worker_confinement(scratch)
+    assert config is not None and config["write_paths"] == [str(scratch)] and config["memory_bytes"]
+    worker = (
+        "import json, resource, sys\n"
+        "from graphopt.security.sandbox import confine_worker\n"
+        "config = json.loads(sys.argv[1])\n"
+        "assert confine_worker(config) is None\n"
+        "open(sys.argv[2] + '/ok.txt', 'w').write('inside')\n"
+        "try:\n"
+        "    open(sys.argv[3] + '/no.txt', 'w').write('outside')\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS)[0])\n")
+    out = subprocess.run([sys.executable, "-c", worker, json.dumps(config), str(scratch), str(elsewhere)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == ["refused", str(config["memory_bytes"])]
+    assert (scratch / "ok.txt").read_text() == "inside" and not (elsewhere / "no.txt").exists()
+    sandbox.configure(mode="off")
+    assert sandbox.worker_confinement(scratch) is None  # GRAPHOPT_SANDBOX=off: workers run as before

@@ -86,6 +86,17 @@ def test_prune_drops_only_what_the_noise_separates_then_halves():
     assert set(race.tied(figures)) == {"a", "b", "d"}
 
 
+def test_short_rungs_have_a_wider_floor_and_halving_keeps_two():
+    assert race.floor_for(12, 12) == pytest.approx(race.NOISE_FLOOR)
+    assert race.floor_for(3, 12) == pytest.approx(2 * race.NOISE_FLOOR)  # 1/sqrt(rounds): 3 rounds, twice the floor
+    figures = {"a": _fig(0.50, 0.0), "b": _fig(0.545, 0.0), "c": _fig(0.555, 0.0)}
+    # At the last rung's floor (3 %) b and c are clearly slower; after 3 of 12 rounds (6 %) they are not.
+    assert race.prune(figures, cap=False)[0] == ["a"]
+    assert race.prune(figures, cap=False, noise_floor=race.floor_for(3, 12))[0] == ["a", "b", "c"]
+    survivors, pruned = race.prune(figures, noise_floor=race.floor_for(3, 12))
+    assert survivors == ["a", "b"] and "successive halving" in pruned["c"]  # ceil(3/2) = 2, never fewer than two
+
+
 def test_slower_than_the_anchor_is_not_exported():
     assert not race.slower_than_anchor(_fig(0.7, 0.01))
     assert not race.slower_than_anchor(_fig(1.02, 0.01))  # within the noise floor: as good as the original

@@ -721,6 +721,28 @@ def _close_prestarted() -> None:
         _PRESTARTED.pop().close()
 
 
+def worker_confinement(scratch: str | os.PathLike, model_bytes: int = 0) -> dict[str, Any] | None:
+    """What a worker process of graphopt's own applies to itself before it opens a model (``None`` when the
+    sandbox is off): the address-space and file-size limits and the write confinement of a sandboxed child,
+    writes allowed only beneath ``scratch``. For workers that must own their process to be timed fairly
+    (``bench --target``, ``tune``'s heats): they call :func:`graphopt.security._child.confine` with it
+    first thing, then load the runtime and the model. The parent keeps its own deadlines."""
+    lim = default_limits(model_bytes)
+    if not lim.confined:
+        return None
+    return {"parent_pid": os.getpid(), "memory_bytes": lim.memory_bytes, "file_bytes": lim.file_bytes or lim.memory_bytes,
+            "write_paths": [str(scratch)], "read_paths": None, "fs_method": lim.fs_method,
+            "require_fs": lim.mode == "require"}
+
+
+def confine_worker(config: Mapping[str, Any] | None) -> str | None:
+    """The worker's side of :func:`worker_confinement`: confine this process; an error text if it must not go on."""
+    if not config:
+        return None
+    report = _child.confine(dict(config))
+    return report.get("fatal")
+
+
 @contextlib.contextmanager
 def shared_sandbox(limits: Limits | None = None, *, start: bool = True,
                    preload: Iterable[str] = ("tensorflow",)) -> Iterator[Sandbox]:

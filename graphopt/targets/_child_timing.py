@@ -27,13 +27,21 @@ def _answer(data: dict) -> None:
 
 
 def main(spec_file: str) -> int:
+    from graphopt.security.sandbox import confine_worker
+
+    spec = json.loads(Path(spec_file).read_text())
+    # First thing, while this process has one thread (a user namespace needs that): before the runtime or the
+    # model is loaded.
+    fatal = confine_worker(spec.get("confine"))
+    if fatal:
+        _answer({"error": f"not confined: {fatal}", "trace": ""})
+        return 1
     import numpy as np
     import psutil
 
     from graphopt.bench import peak_rss_bytes
     from graphopt.targets.base import target_for_export
 
-    spec = json.loads(Path(spec_file).read_text())
     path = Path(spec["path"])
     try:
         target = target_for_export(path)

@@ -127,11 +127,15 @@ class _Worker:
     """One worker process, loaded with one export."""
 
     def __init__(self, path: Path, tmp: Path, index: int, timeout: float) -> None:
+        from graphopt.security.sandbox import worker_confinement
+
         spec = tmp / f"spec{index}-{id(self)}.json"
-        spec.write_text(json.dumps({"path": str(path)}))
+        # The export is a stranger's model in another runtime: the worker confines itself before opening it,
+        # writing only beneath tmp (where its outputs go).
+        spec.write_text(json.dumps({"path": str(path), "confine": worker_confinement(tmp, model_bytes(path))}))
         self.path, self.timeout = path, timeout
         self.log = open(tmp / f"worker{index}-{id(self)}.log", "w+")  # noqa: SIM115 - closed in close()
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp))
         self.proc = subprocess.Popen([sys.executable, "-m", "graphopt.targets._child_timing", str(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env)

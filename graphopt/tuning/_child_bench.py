@@ -31,6 +31,12 @@ def main(spec_file: str) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(spec_file) as f:
         spec = json.load(f)
+    from graphopt.security.sandbox import confine_worker
+
+    fatal = confine_worker(spec.get("confine"))  # before the runtime or the candidate is loaded
+    if fatal:
+        _say({"status": "failed", "error": {"message": f"not confined: {fatal}", "where": "worker"}})
+        return 0
     import psutil
     import tensorflow  # noqa: F401  (imported before timing starts)
 

@@ -85,14 +85,19 @@ class BenchWorker:
     """One candidate's process. Lines from its stdout arrive on a queue (a reader thread), so waits can time out."""
 
     def __init__(self, spec: Mapping[str, Any], workdir: Path, name: str) -> None:
+        from graphopt.security.sandbox import worker_confinement
+
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
+        # A candidate is a stranger's model too: the worker confines itself (writes only beneath scratch).
+        self.scratch = workdir / "logs" / f"{name}.scratch"
+        self.scratch.mkdir(exist_ok=True)
         self.spec_file = workdir / "logs" / f"{name}.bench.json"
-        self.spec_file.write_text(json.dumps(spec, default=str))
+        self.spec_file.write_text(json.dumps({**spec, "confine": worker_confinement(self.scratch)}, default=str))
         self.log_file = workdir / "logs" / f"{name}.bench.log"
         self._log = self.log_file.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "graphopt.tuning._child_bench", str(self.spec_file)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     env=_env(), bufsize=1, start_new_session=True)
+                                     env={**_env(), "TMPDIR": str(self.scratch)}, bufsize=1, start_new_session=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
