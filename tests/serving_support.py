@@ -87,19 +87,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(base: Path, name: str, tmp: Path):
-    """``python -m graphopt serve`` in a subprocess on free loopback ports; always terminated."""
+def server_process(base: Path, name: str, log_path: Path, *flags: str, stdout_too: bool = True,
+                   start_timeout: float = SERVER_START_TIMEOUT):
+    """``python -m graphopt serve`` on free loopback ports, its stderr (and stdout, ``stdout_too``) in
+    ``log_path``; yields ``(proc, grpc_port, rest_port)`` once both ports accept connections, and always
+    terminates it (SIGTERM, then SIGKILL)."""
     grpc_port, rest_port = free_port(), free_port()
-    log = open(tmp / f"{name}-server.log", "w+")
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "graphopt", "serve", str(base), "--port", str(grpc_port),
-                             "--rest-port", str(rest_port), "--model-name", name, "--host", "127.0.0.1"],
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                             "--rest-port", str(rest_port), "--model-name", name, "--host", "127.0.0.1", *flags],
+                            stdout=log if stdout_too else subprocess.DEVNULL, stderr=log,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
-                log.seek(0)
-                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read()}")
+                raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", rest_port), timeout=1):
                     pass
@@ -107,15 +110,22 @@ def serve(base: Path, name: str, tmp: Path):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise AssertionError("server did not open its ports in time")
+                    raise AssertionError("server did not open its ports in time") from None
                 time.sleep(0.3)
-        yield {"grpc": f"127.0.0.1:{grpc_port}", "rest": f"127.0.0.1:{rest_port}", "name": name, "proc": proc}
+        yield proc, grpc_port, rest_port
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait(timeout=15)
+                proc.wait(timeout=20)
         log.close()
+
+
+@contextmanager
+def serve(base: Path, name: str, tmp: Path):
+    """The server of :func:`server_process`, as the round-trip tests address it."""
+    with server_process(base, name, tmp / f"{name}-server.log") as (proc, grpc_port, rest_port):
+        yield {"grpc": f"127.0.0.1:{grpc_port}", "rest": f"127.0.0.1:{rest_port}", "name": name, "proc": proc}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_support import free_port
+from serving_support import server_process
 
 from graphopt.model import Model, Signature, TensorSpec
 
@@ -127,36 +127,11 @@ class Served:
 
 @contextmanager
 def serve(base: Path, name: str, tmp: Path, *flags: str):
-    """``python -m graphopt serve`` on free loopback ports; stderr kept apart; always terminated."""
-    grpc_port, rest_port = free_port(), free_port()
-    err_path = tmp / f"{name}-{grpc_port}.stderr"
-    err = open(err_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "graphopt", "serve", str(base), "--port", str(grpc_port),
-                             "--rest-port", str(rest_port), "--model-name", name, "--host", "127.0.0.1", *flags],
-                            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{err_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", rest_port), timeout=1):
-                    pass
-                with socket.create_connection(("127.0.0.1", grpc_port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not open its ports in time"
-                time.sleep(0.3)
+    """``python -m graphopt serve`` on free loopback ports (serving_support.server_process); stderr kept apart."""
+    err_path = tmp / f"{name}-{time.monotonic_ns()}.stderr"
+    with server_process(base, name, err_path, *flags, stdout_too=False, start_timeout=START_TIMEOUT) as (
+            proc, grpc_port, rest_port):
         yield Served(proc, name, f"127.0.0.1:{grpc_port}", rest_port, err_path)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=20)
-        err.close()
 
 
 def predict_bytes(name: str, inputs: dict) -> bytes:
