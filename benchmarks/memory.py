@@ -132,6 +132,29 @@ def optimize_memory(src: Path, model_bytes: int, *, transforms: str | None = Non
             "stages": stages, "seconds": time.time() - t0}
 
 
+def update_docs(measured: dict[str, Any], command: str) -> Path:
+    """Put a separate memory run into ``results/latest.json`` and regenerate docs/measurements/benchmarks.md
+    from it: the other sections keep the numbers of the run that made ``latest.json``."""
+    from datetime import UTC, datetime
+
+    import report
+
+    here = Path(__file__).resolve().parent
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = here / "results" / f"memory-{stamp}.json"
+    measured = {**measured, "rerun": {"command": command, "results": f"benchmarks/results/{path.name}", "utc": stamp}}
+    path.write_text(json.dumps(measured, indent=1))
+    latest = here / "results" / "latest.json"
+    data = json.loads(latest.read_text())
+    data["memory"] = measured
+    latest.write_text(json.dumps(data, indent=1))
+    docs = here.parent / "docs" / "measurements" / "benchmarks.md"
+    first = docs.read_text().splitlines()[2] if docs.exists() else ""
+    results_name = first.split("from `", 1)[1].split("`", 1)[0] if "from `" in first else "benchmarks/results/latest.json"
+    docs.write_text(report.render(data, results_name))
+    return path
+
+
 if __name__ == "__main__":  # the memory figure alone: python benchmarks/memory.py SAVED_MODEL MODEL_BYTES
     import argparse
 
@@ -139,5 +162,10 @@ if __name__ == "__main__":  # the memory figure alone: python benchmarks/memory.
     parser.add_argument("source", type=Path)
     parser.add_argument("model_bytes", type=int, help="the model's size (its frozen SavedModel on disk)")
     parser.add_argument("--transforms", default=None)
+    parser.add_argument("--update-docs", action="store_true",
+                        help="save the result and regenerate docs/measurements/benchmarks.md with it")
     args = parser.parse_args()
-    print(json.dumps(optimize_memory(args.source, args.model_bytes, transforms=args.transforms), indent=1))
+    result = optimize_memory(args.source, args.model_bytes, transforms=args.transforms)
+    print(json.dumps(result, indent=1))
+    if args.update_docs:
+        print(f"results: {update_docs(result, 'python benchmarks/memory.py ' + ' '.join(sys.argv[1:]))}")

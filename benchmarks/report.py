@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 SERVING_DEFAULT_CONFIG = "serving, default config"
@@ -163,7 +164,11 @@ def render(data: dict[str, Any], results_name: str) -> str:
     elif mem.get("error"):
         out.append(f"Not measured: {mem['error']}")
     else:
-        out += [f"`{mem['command']}` on {mem['model']} (model size = its frozen SavedModel on disk, "
+        rerun = mem.get("rerun")
+        if rerun:  # measured after the run above, alone (benchmarks/memory.py --update-docs)
+            out += [f"Measured on its own, after the run above: `{rerun['command']}` ({rerun['utc']}, "
+                    f"`{rerun['results']}`).", ""]
+        out += [f"`{mem['command']}` on {mem.get('model', Path(mem['source']).name)} (model size = its frozen SavedModel on disk, "
                 f"{_mb(mem['model_bytes'])} MB), each in a fresh process (peak: the larger of the kernel's high-water "
                 f"mark and the RSS of the process and its children, sampled every 5 ms):", "",
                 "| process | peak RSS MB | seconds |", "|---|---|---|",

@@ -43,6 +43,7 @@ import numpy as np
 from graphopt.errors import GraphoptError, InputError, UsageError
 from graphopt.graph.names import node_name
 from graphopt.model import Model
+from graphopt.savers import disk_bytes
 
 SAVED_MODEL_FORMATS = ("saved_model", "saved_model_tf1")
 GRAPH_FORMATS = ("pb", "pbtxt", "graph_def")
@@ -165,14 +166,6 @@ class _Target:
     path: Path
     format: str
     disk_bytes: int
-
-
-def disk_bytes(path: str | Path) -> int:
-    """Bytes on disk of a file, or of every file under a folder."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _resolve(source: str | Path | Model, label: str | None, signature: str | None, tmp: Path, index: int) -> _Target:

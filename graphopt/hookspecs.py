@@ -79,6 +79,18 @@ def graphopt_register_commands(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def graphopt_write_paths() -> "list[str] | None":
+    """Folders (or files) the plugin's hooks and passes write to while a model is optimized.
+
+    ``graphopt optimize`` runs the whole run -- loading, passes, hooks, verification -- in one confined
+    child process that may write only beneath its own folder (docs/guide/confinement.md). A plugin
+    that writes elsewhere during a run (snapshots, logs, caches) returns those paths here; each
+    is made writable for the child, with everything beneath it. Called once per run, in graphopt's
+    own process; return ``None`` or ``[]`` when nothing is needed (e.g. an option is unset).
+    """
+
+
 # Deprecated aliases (the names before 0.2), honoured until 1.0: each is called exactly like the
 # hook it names, right after it, and what it registers lands in the same tables.
 DEPRECATED_ALIASES = {

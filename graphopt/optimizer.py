@@ -58,6 +58,8 @@ class OptimizeResult:
     # optimize(diff=...): (pass, iteration, GraphDiff) per run of a chosen pass; error: why a failed run stopped.
     diffs: list[Any] = field(default_factory=list)
     error: Any = None
+    serving_line: str = ""  # what to tell the user about the serving export (where it went, how to serve it)
+    report_path: Path | None = None
 
     @property
     def model(self) -> "Model":
@@ -121,7 +123,8 @@ def optimize(src: "str | os.PathLike | Model", out: str | os.PathLike | None = N
              progress: Progress | None = None,
              on_pipeline_done: "Callable[[PipelineResult], None] | None" = None,
              on_verified: "Callable[[VerificationReport], None] | None" = None,
-             on_target_verified: "Callable[[VerificationReport], None] | None" = None) -> OptimizeResult:
+             on_target_verified: "Callable[[VerificationReport], None] | None" = None,
+             on_loaded: "Callable[[Model], None] | None" = None, announce_writes: bool = True) -> OptimizeResult:
     """Load ``src``, run ``transforms`` (default: preset ``serving``), verify, and write the result.
 
     ``src`` is anything :func:`graphopt.load` reads, or a loaded :class:`Model`.
@@ -150,40 +153,25 @@ def optimize(src: "str | os.PathLike | Model", out: str | os.PathLike | None = N
     :class:`~graphopt.errors.PassError` after the pipeline (all passes still run, so the report lists
     every failure). When the pipeline or verification fails, ``on_pipeline_done`` still sees the
     records so far and ``report`` is still written (``"status": "failed"`` with the error), nothing else.
+    ``on_loaded`` sees the model as loaded. ``announce_writes=False`` leaves the lines saying what was
+    written to the caller (:func:`written_lines`): a confined run's parent says them once it moved the
+    outputs into place (:mod:`graphopt.confined_run`).
     """
     from graphopt.loaders import load
     from graphopt.model import Model
-    from graphopt.savers import Outputs, format_for, write_model
-    from graphopt.serving.export import plan_version
-    from graphopt.targets.base import DEFAULT_TARGET, check_base, create_target
+    from graphopt.savers import Outputs, write_model
+    from graphopt.targets.base import DEFAULT_TARGET
 
     say = progress or (lambda _line: None)
-    if version is not None and serving_dir is None:
-        raise UsageError("a version goes with a serving dir", where="optimize", hint="give --serving-dir BASE too")
-    runtime = create_target(target, precision, host=host)  # unknown target / precision: fail before anything
-    if serving_dir is not None:
-        runtime.check_host()  # a precision this CPU lacks fails now, not after the pipeline
-    if runtime.name != DEFAULT_TARGET and serving_dir is None:
-        raise UsageError(f"target '{runtime.name}' writes a model server's repository", where="--target",
-                         hint="give --serving-dir BASE")
-    if runtime.precision_info.needs_samples and sample is None:
-        raise UsageError(f"precision {runtime.precision} of target '{runtime.name}' is calibrated on your data",
-                         where="--precision", hint="give representative inputs with --sample FILE.npz")
-    if transforms is None and config is None and runtime.transforms is not None:
-        transforms = runtime.transforms  # e.g. no grappler_optimize: its fused kernels are TensorFlow's own
+    runtime, transforms = check_options(target, precision, host=host, serving_dir=serving_dir, version=version,
+                                        sample=sample, transforms=transforms, config=config)
     pipeline = build_pipeline(transforms, config=config, host=host)  # bad transform strings fail before loading
-    out_path = Path(out) if out is not None else None
-    fmt: SaveFormat | None = format_for(out_path, format) if out_path is not None else None  # type: ignore[assignment]
     with Outputs(force=force, source=src.source if isinstance(src, Model) else src) as writes:
         # Every output is checked before the model is even loaded (a bad one fails in seconds, and none is
         # written when any would fail), then reserved against a concurrent run writing the same path.
-        out_item = writes.add(out_path, fmt or "saved_model", flag="-o", reserve=False) if out_path is not None else None
-        if serving_dir is not None:
-            check_base(Path(serving_dir), runtime.name)
-        serving_item = (plan_version(writes, serving_dir, version, flag="--serving-dir", reserve=False)
-                        if serving_dir is not None else None)
-        report_item = (writes.add(report, "report", flag="--report", what="the report file", reserve=False)
-                       if report is not None else None)
+        plan = plan_outputs(writes, out=out, format=format, serving_dir=serving_dir, version=version, report=report,
+                            runtime=runtime)
+        out_item, serving_item, report_item, fmt = plan.out_item, plan.serving_item, plan.report_item, plan.format
         writes.check_source(src.source if isinstance(src, Model) else src)
         writes.reserve()
         if isinstance(src, Model):
@@ -194,6 +182,8 @@ def optimize(src: "str | os.PathLike | Model", out: str | os.PathLike | None = N
                          allow_ops=allow_unsafe)
             source = str(src)
         writes.check_input(model)  # a loader may read from elsewhere than the path given (a Hub cache)
+        if on_loaded is not None:
+            on_loaded(model)
         if input_shapes:
             model = _specialize(model, input_shapes, sample)
         if serving_item is not None:
@@ -246,28 +236,90 @@ def optimize(src: "str | os.PathLike | Model", out: str | os.PathLike | None = N
         optimized = result.model
         if out_item is not None:
             writes.stage(out_item, lambda target: write_model(optimized, target, fmt or "saved_model"))
-        serving_line = ""
         if serving_item is not None:
             lossy = done.verification.tolerance if done.verification is not None else None
-            done.target, serving_line = _stage_version(
+            done.target, done.serving_line = _stage_version(
                 writes, serving_item, optimized, runtime, warmup=warmup, sample=sample,
                 reference=reference if runtime.name != DEFAULT_TARGET else None,
                 tolerance=runtime.tolerance(lossy, tolerance), on_verified=on_target_verified)
             done.target.path = serving_item.path  # where the staged folder is moved by the commit
+            done.target.files = [serving_item.path]  # not the staged paths; the base's files are added after the commit
         done.written = [item.path for item in (out_item, serving_item) if item is not None]
         if report_item is not None:
             text = json.dumps(done.to_dict(), indent=2, default=str)
             writes.stage(report_item, lambda target: target.write_text(text, encoding="utf-8"))
         writes.commit()
-    if out_item is not None:
-        say(f"saved {fmt} to {out_item.path}: {optimized.node_count} nodes, {optimized.size_bytes:,} bytes")
-    if done.target is not None and serving_item is not None:
+    done.report_path = report_item.path if report_item is not None else None
+    if done.target is not None and serving_item is not None and announce_writes:
         done.target.files = [serving_item.path, *runtime.write_base_files(serving_item.path)]
-    if serving_line:
-        say(serving_line)
-    if report_item is not None:
-        say(f"wrote the report to {report_item.path}")
+    if announce_writes:
+        for line in written_lines(done):
+            say(line)
     return done
+
+
+def written_lines(done: OptimizeResult) -> list[str]:
+    """What :func:`optimize` says once its outputs are in place: one line per output written."""
+    lines = []
+    if done.format is not None and done.written:  # a format is set only for -o, whose path is written first
+        model = done.model
+        lines.append(f"saved {done.format} to {done.written[0]}: {model.node_count} nodes, {model.size_bytes:,} bytes")
+    if done.serving_line:
+        lines.append(done.serving_line)
+    if done.report_path is not None:
+        lines.append(f"wrote the report to {done.report_path}")
+    return lines
+
+
+@dataclass
+class OutputPlan:
+    """The outputs of one run, checked and added to its :class:`~graphopt.savers.Outputs` (not reserved yet)."""
+
+    out_item: Any
+    serving_item: Any
+    report_item: Any
+    format: SaveFormat | None
+
+
+def check_options(target: str | None, precision: str | None, *, host: "Host | None", serving_dir: Any,
+                  version: int | None, sample: Any, transforms: Any, config: Any) -> tuple["Target", Any]:
+    """The target named and the transforms to run: options that contradict each other fail here, before anything
+    is loaded (and before a confined run's child starts)."""
+    from graphopt.targets.base import DEFAULT_TARGET, create_target
+
+    if version is not None and serving_dir is None:
+        raise UsageError("a version goes with a serving dir", where="optimize", hint="give --serving-dir BASE too")
+    runtime = create_target(target, precision, host=host)  # unknown target / precision: fail before anything
+    if serving_dir is not None:
+        runtime.check_host()  # a precision this CPU lacks fails now, not after the pipeline
+    if runtime.name != DEFAULT_TARGET and serving_dir is None:
+        raise UsageError(f"target '{runtime.name}' writes a model server's repository", where="--target",
+                         hint="give --serving-dir BASE")
+    if runtime.precision_info.needs_samples and sample is None:
+        raise UsageError(f"precision {runtime.precision} of target '{runtime.name}' is calibrated on your data",
+                         where="--precision", hint="give representative inputs with --sample FILE.npz")
+    if transforms is None and config is None and runtime.transforms is not None:
+        transforms = runtime.transforms  # e.g. no grappler_optimize: its fused kernels are TensorFlow's own
+    return runtime, transforms
+
+
+def plan_outputs(writes: Any, *, out: Any, format: SaveFormat | None, serving_dir: Any, version: int | None,
+                 report: Any, runtime: "Target") -> OutputPlan:
+    """Check every output path of a run and add it to ``writes`` (see :class:`graphopt.savers.Outputs`)."""
+    from graphopt.savers import format_for
+    from graphopt.serving.export import plan_version
+    from graphopt.targets.base import check_base
+
+    out_path = Path(out) if out is not None else None
+    fmt: SaveFormat | None = format_for(out_path, format) if out_path is not None else None  # type: ignore[assignment]
+    out_item = writes.add(out_path, fmt or "saved_model", flag="-o", reserve=False) if out_path is not None else None
+    if serving_dir is not None:
+        check_base(Path(serving_dir), runtime.name)
+    serving_item = (plan_version(writes, serving_dir, version, flag="--serving-dir", reserve=False)
+                    if serving_dir is not None else None)
+    report_item = (writes.add(report, "report", flag="--report", what="the report file", reserve=False)
+                   if report is not None else None)
+    return OutputPlan(out_item, serving_item, report_item, fmt)
 
 
 def _specialize(model: "Model", shapes: Any, sample: Any) -> "Model":

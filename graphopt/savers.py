@@ -108,6 +108,17 @@ def current_umask() -> int:
     return mask
 
 
+def disk_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of a file, or of every regular file under a folder (links not followed); 0 if missing."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    except OSError:  # gone while measured
+        return 0
+
+
 def follow_umask(path: Path) -> None:
     """Give ``path`` (a file, or a folder and everything in it) the modes a plain ``open``/``mkdir`` would.
 

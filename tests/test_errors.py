@@ -136,6 +136,11 @@ HOOK_ONLY_PLUGIN = """
         if mark:
             with open(mark, "a") as f:
                 f.write(pass_.name + "\\n")
+
+    @hookimpl
+    def graphopt_write_paths():  # optimize runs hooks in a confined child: the mark's folder must be writable
+        mark = os.environ.get("GRAPHOPT_TEST_HOOK_MARK")
+        return [str(Path(mark).parent)] if mark else []
 """
 
 

@@ -223,6 +223,7 @@ SAVE_PROBE = """
 
     import graphopt.savers as savers
     import graphopt.serving.export as export
+    from graphopt import hookimpl
 
     _write_model = savers.write_model
     _write_version = export.write_version
@@ -248,6 +249,12 @@ SAVE_PROBE = """
 
     savers.write_model = write_model
     export.write_version = write_version
+
+
+    @hookimpl
+    def graphopt_write_paths():  # optimize runs plugins in a confined child: the mark's folder must be writable
+        mark = os.environ.get("GRAPHOPT_TEST_SAVE_MARK")
+        return [str(Path(mark).parent)] if mark else []
 """
 
 

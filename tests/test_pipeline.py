@@ -322,12 +322,12 @@ def test_the_examples_in_docs_run():
     assert namespace["ZeroTinyWeights"].name == "zero_tiny_weights"
 
 
-def test_the_plugin_in_the_docs_is_the_real_one_and_under_30_lines():
+def test_the_plugin_in_the_docs_is_the_real_one_and_under_40_lines():
     from tests.conftest import ROOT
 
     shown = _python_blocks("writing-a-plugin.md")[0]
     real = (ROOT / "plugins" / "graphopt-snapshots" / "graphopt_snapshots.py").read_text()
-    assert shown == real and len(real.splitlines()) < 30
+    assert shown == real and len(real.splitlines()) < 40
 
 
 def test_the_wrapper_example_in_the_hook_reference(model):

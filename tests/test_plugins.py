@@ -70,7 +70,7 @@ def test_plugins_json_lists_loaded_plugins_and_their_hooks(cli):
     assert code == 0
     data = _json(out)
     plugins = _by_name(data["plugins"])
-    assert plugins["snapshots"]["hooks"] == ["graphopt_pass_failed", "graphopt_pass_finish"]
+    assert plugins["snapshots"]["hooks"] == ["graphopt_pass_failed", "graphopt_pass_finish", "graphopt_write_paths"]
     assert plugins["snapshots"]["distribution"] == "graphopt-snapshots" and plugins["snapshots"]["version"] == "0.1.0"
     assert plugins["strip_metadata"]["hooks"] == ["graphopt_register_passes", "graphopt_register_presets"]
     assert plugins["graphopt.passes.gtt"]["kind"] == "native" and plugins["graphopt.builtin"]["kind"] == "builtin"

@@ -42,12 +42,16 @@ class CliContext:
     err: Console  # stderr: progress, warnings, errors
     host: Host
     debug: bool = False
+    # The plugin selection the host was made with (--no-plugins, --plugins): a confined run's child makes its own.
+    plugins: bool | None = None
+    allow_plugins: list[str] | None = None
 
 
 # Commands that never touch TensorFlow: importing it (seconds) just to silence it would be waste.
 _LIGHT_COMMANDS = {"passes", "plugins", None}
-# Commands that run a model's graph in one shared sandboxed child (graphopt.security.sandbox): started early.
-_SANDBOXED_COMMANDS = {"optimize"}
+# Commands that run whole in one confined child when the sandbox is on (graphopt.confined_run): this process
+# never imports TensorFlow for them.
+_CONFINED_COMMANDS = {"optimize"}
 
 
 def _quiet_tensorflow() -> None:
@@ -217,7 +221,8 @@ def _main(argv: list[str] | None, err: Console) -> int:
     set_default_host(host)
     out = Console()
     install_escaping([out])  # every command's output, plugins' included: control characters escaped
-    ctx = CliContext(console=out, err=err, host=host, debug=pre.debug)
+    ctx = CliContext(console=out, err=err, host=host, debug=pre.debug,
+                     plugins=False if pre.no_plugins else None, allow_plugins=allow)
     for failure in host.registry.failures:
         warning = failure.to_error()
         err.print(f"[yellow]warning:[/] {escape(printable(warning.message))} ({escape(printable(warning.where or ''))})",
@@ -231,11 +236,10 @@ def _main(argv: list[str] | None, err: Console) -> int:
         parser.print_help()
         return int(ExitCode.USAGE)
     try:
-        if args.command in _SANDBOXED_COMMANDS:  # its child imports TensorFlow while this process does too
-            from graphopt.security.sandbox import prestart
+        from graphopt.security.sandbox import default_limits
 
-            prestart()
-        if not pre.debug and args.command not in _LIGHT_COMMANDS:
+        confined_run = args.command in _CONFINED_COMMANDS and default_limits().confined
+        if not pre.debug and args.command not in _LIGHT_COMMANDS and not confined_run:
             _import_tensorflow_silently()
         code = args._run(args, ctx)
         return int(code or 0)

@@ -294,6 +294,39 @@ def resolve(ref: str) -> Any:
 _FS_CONFINED = False
 _LABEL = "the model's graph"
 _MEMORY: int | None = None
+_SOCK: socket.socket | None = None  # set while serving: this process is a confined child
+_REPORT: dict[str, Any] | None = None  # its ``ready`` report: how it is confined
+
+
+def confined_here() -> bool:
+    """Whether this process is a confined child serving calls (then a sandbox asked for here runs inline)."""
+    return _SOCK is not None
+
+
+def notify(event: Any) -> None:
+    """Send ``event`` (plain data) to the parent while a call runs: progress, or the limits of an inline call."""
+    if _SOCK is not None:
+        send_frame(_SOCK, pickle.dumps(("event", event), protocol=5))
+
+
+def call_inline(fn: Any, args: tuple, kwargs: dict[str, Any], *, cpu: float | None, wall: float | None,
+                label: str) -> Any:
+    """Run a sandbox call in this (already confined) child: ``cpu`` seconds of CPU from now, and the parent
+    told to allow ``wall`` seconds for it and to name ``label`` and these limits if it ends the process.
+
+    What a whole ``optimize`` run in one child does for each execution of the model's graph, so that every
+    execution keeps its own limits without a second TensorFlow runtime."""
+    global _LABEL
+    saved_cpu, saved_label = resource.getrlimit(resource.RLIMIT_CPU), _LABEL
+    notify(("limits", label, wall, cpu))
+    _LABEL = label
+    try:
+        _set_cpu_budget(cpu)
+        return fn(*args, **kwargs)
+    finally:
+        resource.setrlimit(resource.RLIMIT_CPU, saved_cpu)
+        _LABEL = saved_label
+        notify(("limits", None, None, None))
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:
@@ -327,8 +360,11 @@ def _release() -> None:
 
 
 def serve(sock: socket.socket, preload: list[str]) -> None:
-    """Answer ``("call", ref, args, kwargs, cpu_seconds, keep, label)`` and ``("kept", args, cpu_seconds)`` until EOF."""
-    global _LABEL
+    """Answer ``("call", ref, args, kwargs, cpu_seconds, keep, label)`` and ``("kept", args, cpu_seconds)`` until EOF.
+
+    While a call runs, it may send ``("event", ...)`` frames (:func:`notify`) before its answer."""
+    global _LABEL, _SOCK
+    _SOCK = sock
     for name in preload:
         try:
             importlib.import_module(name)
@@ -399,8 +435,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def serve_confined(sock: socket.socket, config: dict[str, Any], report: dict[str, Any]) -> int:
-    global _FS_CONFINED, _LABEL, _MEMORY
+    global _FS_CONFINED, _LABEL, _MEMORY, _REPORT
     _FS_CONFINED = report["fs"] != "none"
+    _REPORT = dict(report)
     _LABEL, _MEMORY = config.get("label") or _LABEL, config.get("memory_bytes")
     threading.Thread(target=_watch_parent, args=(config["parent_pid"],), name="graphopt-watch-parent",
                      daemon=True).start()

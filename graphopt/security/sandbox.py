@@ -301,6 +301,19 @@ _ANSWER_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"),
 }
+# graphopt's result data classes, which a whole optimize run in a child (graphopt.confined_run) sends back: plain
+# dataclasses whose unpickling sets fields and runs nothing of theirs (no __reduce__, __setstate__ or
+# __post_init__: tests/test_confined_run.py checks), and pathlib's paths.
+_ANSWER_GLOBALS |= {
+    ("graphopt.passes.pipeline", "PassRecord"), ("graphopt.passes.pipeline", "PipelineResult"),
+    ("graphopt.verify.compare", "VerificationReport"), ("graphopt.verify.compare", "OutputDiff"),
+    ("graphopt.verify.compare", "Tolerance"), ("graphopt.model", "Signature"), ("graphopt.model", "TensorSpec"),
+    ("graphopt.analysis.diff", "GraphDiff"), ("graphopt.analysis.diff", "NodeChange"),
+    ("graphopt.analysis.diff", "Neighbourhood"), ("graphopt.analysis.diff", "GraphSide"),
+    ("graphopt.analysis.diff", "FunctionChange"), ("graphopt.targets.base", "TargetExport"),
+    ("graphopt.confined_run", "ModelSummary"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+    ("pathlib._local", "PosixPath"),
+}
 
 
 class _AnswerUnpickler(pickle.Unpickler):
@@ -353,14 +366,24 @@ class Sandbox:
     """
 
     def __init__(self, limits: Limits | None = None, *, label: str = "the model's graph",
-                 preload: Iterable[str] = ("tensorflow",), env: Mapping[str, str] | None = None) -> None:
-        """``env`` adds environment variables for the child (e.g. ``TF_ENABLE_ONEDNN_OPTS``, read at TF's import)."""
+                 preload: Iterable[str] = ("tensorflow",), env: Mapping[str, str] | None = None,
+                 folder: str | os.PathLike | None = None, write_paths: Iterable[str | os.PathLike] = ()) -> None:
+        """``env`` adds environment variables for the child (e.g. ``TF_ENABLE_ONEDNN_OPTS``, read at TF's import).
+        ``folder`` is where the child's own folder is made (default: the system's temporary folder): beside an
+        output, what the child writes there can be moved into place without a copy. ``write_paths`` (existing
+        folders) are writable for the child too: what plugins running in a whole-run child asked for.
+
+        In a process that is itself a confined child (a whole ``optimize`` run), a sandbox runs its calls
+        inline (:attr:`inline`): the process is confined already, and each call still gets its CPU and
+        wall-clock limits and its label (:func:`graphopt.security._child.call_inline`)."""
         self.limits = limits or default_limits()
         self.label = label
         self.env = dict(env or {})
         self.preload = list(preload)
-        self.report: dict[str, Any] | None = None
-        self._root = Path(tempfile.mkdtemp(prefix="graphopt-sandbox-"))
+        self.write_paths = [os.path.abspath(p) for p in write_paths]
+        self.inline = _child.confined_here() and self.limits.confined
+        self.report: dict[str, Any] | None = dict(_child._REPORT or {}) if self.inline else None
+        self._root = Path(tempfile.mkdtemp(prefix=".graphopt-run-" if folder else "graphopt-sandbox-", dir=folder))
         self.path = self._root / "work"
         self.path.mkdir(mode=0o700)
         self._log = self._root / "child.log"
@@ -374,7 +397,7 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self.inline or (self._proc is not None and self._proc.returncode is None)
 
     def start(self) -> None:
         """Start the child (if not running) and wait until it has confined itself."""
@@ -383,7 +406,7 @@ class Sandbox:
         parent, child = socket.socketpair()
         lim = self.limits
         config = {"parent_pid": os.getpid(), "memory_bytes": lim.memory_bytes,
-                  "file_bytes": lim.file_bytes or lim.memory_bytes, "write_paths": [str(self.path)],
+                  "file_bytes": lim.file_bytes or lim.memory_bytes, "write_paths": [str(self.path), *self.write_paths],
                   "read_paths": None if lim.read_paths is None else _read_roots(lim.read_paths, self.path),
                   "fs_method": lim.fs_method, "require_fs": lim.mode == "require", "preload": self.preload,
                   "sys_path": [p for p in sys.path if p], "label": self.label}
@@ -417,7 +440,7 @@ class Sandbox:
         shutil.rmtree(self._root, onerror=_force_remove)
 
     def kill(self) -> None:
-        """End the child now (its whole process group), if it runs."""
+        """End the child now (its whole process group), if it runs (an inline sandbox has none)."""
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -492,7 +515,8 @@ class Sandbox:
     # -- calls --
 
     def call(self, fn: str | Callable[..., Any], *args: Any, kwargs: Mapping[str, Any] | None = None,
-             timeout: float | None = None, keep: bool = False) -> Any:
+             timeout: float | None = None, keep: bool = False,
+             on_event: Callable[[Any], None] | None = None) -> Any:
         """Run ``fn(*args, **kwargs)`` in the child; its result, or its error re-raised here.
 
         ``fn`` is a module-level function (or ``"package.module:function"``). Arguments are pickled;
@@ -500,28 +524,40 @@ class Sandbox:
         counts from when the child starts the call. ``keep`` keeps the result in the child instead
         of sending it (for :meth:`call_kept`). Limits hit, crashes and refused writes raise
         :class:`ResourceError`; the child is then gone and the next call starts a new one.
+        ``on_event`` receives what the function sends while it runs (:func:`graphopt.security._child.notify`:
+        progress); an exception it raises ends the call (and the child).
         """
         ref = function_ref(fn)
-        if not self.limits.confined:
+        if self.inline:
+            wall = timeout if timeout is not None else self.limits.wall_seconds
+            result = _child.call_inline(_child.resolve(ref), args, dict(kwargs or {}), cpu=self.limits.cpu_seconds,
+                                        wall=wall, label=self.label)
+        elif not self.limits.confined:
             result = _child.resolve(ref)(*args, **dict(kwargs or {}))
-            if keep:
-                self._kept = result
-                return None
-            return result
-        return self._request(("call", ref, args, dict(kwargs or {}), self.limits.cpu_seconds, keep, self.label),
-                             timeout)
+        else:
+            return self._request(("call", ref, args, dict(kwargs or {}), self.limits.cpu_seconds, keep, self.label),
+                                 timeout, on_event)
+        if keep:
+            self._kept = result
+            return None
+        return result
 
     def call_kept(self, *args: Any, timeout: float | None = None) -> Any:
         """Call what the last ``call(..., keep=True)`` returned in the child, with ``args``."""
+        if self.inline:
+            wall = timeout if timeout is not None else self.limits.wall_seconds
+            return _child.call_inline(self._kept, args, {}, cpu=self.limits.cpu_seconds, wall=wall, label=self.label)
         if not self.limits.confined:
             return self._kept(*args)
         if not self.alive:
             raise ResourceError(f"{self.label} is not running", limit="crash")
         return self._request(("kept", args, self.limits.cpu_seconds), timeout)
 
-    def _request(self, request: tuple, timeout: float | None) -> Any:
+    def _request(self, request: tuple, timeout: float | None,
+                 on_event: Callable[[Any], None] | None = None) -> Any:
         self.start()
         assert self._sock is not None
+        label, limits = self.label, self.limits
         try:
             payload = pickle.dumps(request, protocol=5)
             self._sock.settimeout(STARTUP_SECONDS)
@@ -530,10 +566,33 @@ class Sandbox:
             kind, value = self._receive(time.monotonic() + STARTUP_SECONDS, phase="start")  # imports done
             if kind == "started":
                 wall = timeout if timeout is not None else self.limits.wall_seconds
-                kind, value = self._receive(time.monotonic() + wall if wall else None, phase="call", wall=wall)
+                outer = time.monotonic() + wall if wall else None
+                deadline, current = outer, wall
+                while True:
+                    kind, value = self._receive(deadline, phase="call", wall=current)
+                    if kind != "event":
+                        break
+                    if isinstance(value, tuple) and len(value) == 4 and value[0] == "limits":
+                        # The child runs an execution of the model's graph inline (a whole optimize run in one
+                        # child): that execution's limits and label hold until it says it is done, so an error
+                        # names them.
+                        inner_label, inner_wall, inner_cpu = value[1], value[2], value[3]
+                        if inner_label is None:  # that execution is done: the call's own label and limits again
+                            self.label, self.limits, current, deadline = label, limits, wall, outer
+                        else:
+                            self.label = str(inner_label)
+                            current = float(inner_wall) if inner_wall else None
+                            self.limits = limits.replace(wall_seconds=current,
+                                                         cpu_seconds=float(inner_cpu) if inner_cpu else None)
+                            inner = time.monotonic() + current if current else None
+                            deadline = min((d for d in (outer, inner) if d is not None), default=None)
+                    elif on_event is not None:
+                        on_event(value)
         except BaseException:
             self.kill()  # never leave a child running a call nobody waits for (Ctrl-C included)
             raise
+        finally:
+            self.label, self.limits = label, limits
         if kind == "error":
             raise _rebuild(value, self.label)
         return value

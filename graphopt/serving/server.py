@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from graphopt.errors import GraphoptError, InputError, OutputError, UsageError
+from graphopt.savers import disk_bytes
 from graphopt.serving import rest
 from graphopt.serving.export import versions
 from graphopt.serving.warmup import WARMUP_DIR, WARMUP_FILE, read_warmup
@@ -430,7 +431,7 @@ class ServedModel:
         if not self.signatures:
             raise InputError("the SavedModel has no signature", where=str(export_dir))
         self._config = session_config.SerializeToString() if session_config is not None else None
-        self._bytes = sum(f.stat().st_size for f in self.export_dir.rglob("*") if f.is_file())
+        self._bytes = disk_bytes(self.export_dir)
         self._runner_factory, self._worker_factory = runner_factory, worker_factory
         self._executors: dict[str, Executor] = {}
         self._lock = threading.Lock()

@@ -472,7 +472,9 @@ def run_for_verification(target: Target, version_dir: Path, feeds: Feeds) -> tup
     except ValueError:
         outputs, description = open_and_run(target, version_dir, feeds)
         return outputs, f"{description} (unconfined: target class {type(target).__qualname__} is not importable)"
-    size = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
+    from graphopt.savers import disk_bytes
+
+    size = disk_bytes(version_dir)
     with sandbox.sandbox_for(size, label=f"target '{target.name}' running {version_dir.name}") as box:
         outputs, description = box.call(_run_in_child, cls_ref, target.precision, str(version_dir), feeds)
     return outputs, description

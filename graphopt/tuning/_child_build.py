@@ -53,7 +53,7 @@ def _host(spec: dict[str, Any]) -> Any:
 
 
 def reference(spec: dict[str, Any], model: Any = None) -> dict[str, Any]:
-    from graphopt.bench import disk_bytes
+    from graphopt.savers import disk_bytes
     from graphopt.tuning.checks import save_reference
     from graphopt.tuning.targets import saved_model_spec
     from graphopt.verify.compare import reference_outputs
@@ -75,8 +75,8 @@ def reference(spec: dict[str, Any], model: Any = None) -> dict[str, Any]:
 
 
 def build(spec: dict[str, Any], model: Any = None) -> dict[str, Any]:
-    from graphopt.bench import disk_bytes
     from graphopt.passes.pipeline import Pipeline
+    from graphopt.savers import disk_bytes
     from graphopt.tuning.checks import check_outputs, load_reference, tolerance_from
     from graphopt.tuning.targets import adapter
     from graphopt.verify.compare import tolerance_for

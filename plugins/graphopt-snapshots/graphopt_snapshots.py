@@ -6,6 +6,11 @@ from pathlib import Path
 from graphopt import hookimpl
 
 
+@hookimpl
+def graphopt_write_paths():  # `graphopt optimize` runs passes in a confined child: let it write the snapshots
+    return [os.environ["GRAPHOPT_SNAPSHOT_DIR"]] if os.environ.get("GRAPHOPT_SNAPSHOT_DIR") else []
+
+
 def _write(context, model, **extra):
     root = os.environ.get("GRAPHOPT_SNAPSHOT_DIR")
     if not root:  # installed but not asked for: do nothing

@@ -108,12 +108,23 @@ def run(args, ctx) -> int:
             ctx.console.print(printable(line, newlines=True), style=style, highlight=False, markup=False,
                               soft_wrap=True)
 
-    done = optimize(args.src, args.output, transforms=args.transforms, config=config, format=args.format,
+    from graphopt.security.sandbox import default_limits
+
+    run = optimize
+    extra = {}
+    if default_limits().confined:  # the whole run in one confined child; this process never imports TensorFlow
+        from graphopt.confined_run import optimize_confined
+
+        run = optimize_confined  # type: ignore[assignment]
+        extra = {"plugins": ctx.plugins, "allow_plugins": ctx.allow_plugins}
+    else:
+        extra = {"host": ctx.host}
+    done = run(args.src, args.output, transforms=args.transforms, config=config, format=args.format,
              serving_dir=args.serving_dir, version=args.version, warmup=not args.no_warmup, report=args.report,
              verify=not args.no_verify, tolerance=args.tolerance, sample=args.sample,
              allow_unsafe=allowed_ops(args), keep_going=args.keep_going, force=args.force,
              signature=args.signature, tags=None if args.tags is None else _names(args.tags) or [],
-             inputs=_names(args.inputs), outputs=_names(args.outputs), host=ctx.host, progress=say,
+             inputs=_names(args.inputs), outputs=_names(args.outputs), progress=say, **extra,
              explain=args.explain, on_pipeline_done=show_pipeline, on_verified=show_verification,
              target=args.target, precision=args.precision, on_target_verified=show_target_verification,
              input_shapes=args.input_shape, diff=args.diff, strict=args.strict)
