@@ -90,7 +90,9 @@ def optimize_confined(src: str | os.PathLike, out: str | os.PathLike | None = No
         writes.reserve()
         limits = sandbox.default_limits(disk_bytes(src_path))
         run_limits = limits.replace(cpu_seconds=None, wall_seconds=None)  # each execution inside has its own
-        box, owned = _run_sandbox(run_limits, folder=_near(plan), write_paths=plugin_write_paths(host))
+        hub_cache = _hub_cache(src_path)
+        box, owned = _run_sandbox(run_limits, folder=_near(plan),
+                                  write_paths=plugin_write_paths(host) + ([hub_cache] if hub_cache else []))
         saved = box.label, box.limits
         box.label = f"the optimize run of {src_path}"  # what a crash outside an execution of the graph names
         box.limits = box.limits.replace(cpu_seconds=None, wall_seconds=None)
@@ -121,7 +123,9 @@ def optimize_confined(src: str | os.PathLike, out: str | os.PathLike | None = No
                           format=plan.format, serving_dir=None if child_base is None else str(child_base),
                           version=None if plan.serving_item is None else int(plan.serving_item.path.name),
                           report=None if child_report is None else str(child_report), plugins=plugins,
-                          allow_plugins=allow_plugins, environment=_graphopt_environment(),
+                          allow_plugins=allow_plugins,
+                          environment=dict(sandbox.graphopt_environment(),
+                                           **({"TFHUB_CACHE_DIR": hub_cache} if hub_cache else {})),
                           overrides=dict(sandbox._OVERRIDES), sys_path=[p for p in sys.path if p])
             try:
                 answer = box.call(RUN_FUNCTION, kwargs=kwargs, on_event=on_event)
@@ -165,9 +169,9 @@ def run_in_child(src: str, *, plugins: bool | None, allow_plugins: list[str] | N
     from graphopt.plugins import Host, set_default_host
     from graphopt.security import _child, sandbox
 
-    for key in [k for k in os.environ if k.startswith("GRAPHOPT_")]:  # a shared child serves runs of other settings
-        del os.environ[key]
-    os.environ.update(environment)
+    sandbox.adopt_environment(environment)  # a shared child serves runs of other settings
+    if environment.get("TFHUB_CACHE_DIR"):
+        os.environ["TFHUB_CACHE_DIR"] = environment["TFHUB_CACHE_DIR"]
     sandbox.reset_configuration()
     sandbox.configure(**overrides)
     sys.path[:0] = [p for p in sys_path if p not in sys.path]  # modules of passes and plugins the parent can import
@@ -257,8 +261,17 @@ def _near(plan: Any) -> Path | None:
     return None
 
 
-def _graphopt_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith("GRAPHOPT_")}
+def _hub_cache(src: str) -> str | None:
+    """For a TF Hub handle: tensorflow_hub's cache folder as this process sees it (made if missing), so the child
+    finds what is cached and caches what it downloads there (its own temporary folder is another). Computed as
+    tensorflow_hub does, without importing it (it imports TensorFlow)."""
+    if "://" not in src or os.path.exists(src):
+        return None
+    import tempfile
+
+    folder = os.path.abspath(os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules"))
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def _plain_file(path: Path) -> bool:

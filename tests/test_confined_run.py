@@ -154,3 +154,21 @@ def test_result_classes_a_child_may_send_run_nothing_when_unpickled():
         for method in ("__reduce__", "__reduce_ex__", "__setstate__", "__post_init__", "__getstate__"):
             assert method not in vars(cls), f"{name} defines {method}"
         assert "__new__" not in vars(cls)
+
+
+def test_a_hub_handle_is_found_in_the_users_cache_from_the_child(model_path, tmp_path):
+    """The child's temporary folder is its own: tensorflow_hub's default cache would be looked for there. The run
+    passes the cache folder this process sees (and lets the child write it, to cache what it downloads)."""
+    import hashlib
+    import shutil
+
+    from tests import models
+
+    handle = "https://tfhub.dev/graphopt-tests/cached-module/1"
+    cache = tmp_path / "cache"
+    shutil.copytree(model_path("hub_tf1", models.tf1_hub_module), cache / hashlib.sha1(handle.encode()).hexdigest())
+    out = tmp_path / "out"
+    result = run_subprocess("optimize", handle, "-o", out, "--no-verify",
+                            env={"TFHUB_CACHE_DIR": str(cache), "GRAPHOPT_HUB_TIMEOUT": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (out / "saved_model.pb").is_file()

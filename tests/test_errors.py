@@ -567,10 +567,16 @@ def test_loading_a_model_does_not_run_unsafe_init_ops(builder, model_path, input
     # A vocabulary table read from the model's own assets is what main ops normally do: still loads.
     code, _, err = cli("inspect", inputs["tf1"], "--tags", "custom,cpu", "--signature", "scores")
     assert code == 0, err
-    # Allowed explicitly (here by the old variable, still honoured for loading), the load runs the main op --
-    # which is what the refusal prevented.
+    # Allowed explicitly (here by the old variable, still honoured for loading), the load runs the main op: in
+    # the confined child that loads, so its write outside that child's folder is refused and named (exit 8) ...
     monkeypatch.setenv("GRAPHOPT_ALLOW_UNSAFE_LOAD", "1")
-    code, _, err = cli("inspect", path, *(["--outputs", "y"] if "checkpoint" in builder.__name__ else []))
+    args = ["inspect", path, *(["--outputs", "y"] if "checkpoint" in builder.__name__ else [])]
+    code, _, err = cli(*args)
+    assert code == ExitCode.RESOURCE, err
+    assert "refused access to a file outside its sandbox folder" in " ".join(err.split()) and not written.exists()
+    # ... and with the sandbox off, in graphopt's own process, it writes: what the allowlist's refusal prevented.
+    monkeypatch.setenv("GRAPHOPT_SANDBOX", "off")
+    code, _, err = cli(*args)
     assert code == 0, err
     assert written.read_text() == "written while loading"
     written.unlink()

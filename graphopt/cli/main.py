@@ -52,6 +52,9 @@ _LIGHT_COMMANDS = {"passes", "plugins", None}
 # Commands that run whole in one confined child when the sandbox is on (graphopt.confined_run): this process
 # never imports TensorFlow for them.
 _CONFINED_COMMANDS = {"optimize"}
+# Commands whose loads (graphopt.loaders.load, confined) and runs of a model's graph share one sandboxed child,
+# started when first needed. Not serve (a child idling for the server's lifetime) nor tune/fleet (workers).
+_SHARED_CHILD_COMMANDS = {"inspect", "diff", "explain", "bench", "predict"}
 
 
 def _quiet_tensorflow() -> None:
@@ -241,7 +244,12 @@ def _main(argv: list[str] | None, err: Console) -> int:
         confined_run = args.command in _CONFINED_COMMANDS and default_limits().confined
         if not pre.debug and args.command not in _LIGHT_COMMANDS and not confined_run:
             _import_tensorflow_silently()
-        code = args._run(args, ctx)
+        run = args._run
+        if args.command in _SHARED_CHILD_COMMANDS:
+            from graphopt.security.sandbox import with_shared_sandbox
+
+            run = with_shared_sandbox(run, start=False)
+        code = run(args, ctx)
         return int(code or 0)
     except GraphoptError as exc:
         if pre.debug:

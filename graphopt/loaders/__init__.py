@@ -10,7 +10,8 @@ signature it chose. The input is only ever read.
 
 Loading may run a model's own ops (a TF1 main op, a restore op, a TF2 resource's
 initializer): each loader checks them against the allowlist first
-(:mod:`graphopt.security.scan`); ``allow_ops`` allows more, per op.
+(:mod:`graphopt.security.scan`); ``allow_ops`` allows more, per op. What is allowed then runs in a
+confined child (:func:`load` with the sandbox on), which sends the frozen model back.
 """
 
 from __future__ import annotations
@@ -76,9 +77,13 @@ def detect(src: str | os.PathLike) -> str:
                           "checkpoint (.meta or prefix)")
 
 
+# Formats whose loading runs none of the model's ops (a GraphDef is parsed, nothing more): loaded here.
+_PARSED_ONLY = ("pb", "pbtxt")
+
+
 def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence[str] | None = None,
          inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
-         allow_ops: bool | Iterable[str] | None = None) -> Model:
+         allow_ops: bool | Iterable[str] | None = None, confined: bool | None = None) -> Model:
     """Load ``src`` in whatever format it is and return a frozen :class:`Model`.
 
     ``signature`` picks a signature key (default ``serving_default``, or the only
@@ -88,11 +93,22 @@ def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence
     :class:`~graphopt.errors.UnsafeGraphError` when loading would run ops that are not on
     the allowlist (or read an asset outside the model's folder); ``allow_ops`` (True, or
     op names) allows them, as ``GRAPHOPT_ALLOW_OPS`` does.
+
+    Loading every format but a GraphDef runs some of the model's ops (restore, init and table
+    initializer ops that passed the allowlist) or its code (Keras): with the sandbox on (the default,
+    ``confined=None``) that happens in a confined child (:mod:`graphopt.security.sandbox`), which sends the
+    frozen model back; a process that is itself the confined child of a whole ``optimize`` run loads
+    in place. ``confined=False`` loads in this process.
     """
     text = str(src)
     fmt = detect(text)
     kwargs = dict(signature=signature, tags=list(tags) if tags is not None else None,
                   inputs=list(inputs) if inputs else None, outputs=list(outputs) if outputs else None)
+    if confined is not False and fmt not in _PARSED_ONLY:
+        from graphopt.security import _child, sandbox
+
+        if sandbox.default_limits().confined and not _child.confined_here():
+            return _load_confined(text, fmt, kwargs, allow_ops)
     fn: Callable[..., Model]
     try:
         if fmt == "saved_model":
@@ -116,6 +132,12 @@ def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence
     except (AttributeError, NameError, ImportError):  # a bug in graphopt, not a bad model: keep the traceback
         raise
     except Exception as exc:  # TensorFlow's own errors: one paragraph, never a traceback
+        from graphopt.security.sandbox import resource_error
+
+        for cause in (exc, exc.__cause__, exc.__context__):  # in a confined child: a limit hit, not bad input
+            limited = resource_error(cause) if cause is not None else None
+            if limited is not None:
+                raise limited from exc
         raise InputError(f"cannot load {fmt} model: {_first_line(exc)}", where=text,
                          hint="check the file is complete and the format is right; rerun with --debug for details"
                          ) from exc
@@ -124,6 +146,47 @@ def load(src: str | os.PathLike, *, signature: str | None = None, tags: Sequence
 
     check_dtypes(model.signature, model.graph_def, text)  # a signature that lies about its dtypes is bad input
     return model
+
+
+def _load_confined(text: str, fmt: str, kwargs: dict, allow_ops: bool | Iterable[str] | None) -> Model:
+    """:func:`load` in a confined child; the frozen model comes back as bytes and plain data."""
+    from tensorflow.core.framework import graph_pb2
+
+    from graphopt.savers import disk_bytes
+    from graphopt.security.sandbox import graphopt_environment, sandbox_for
+
+    handle = None
+    if fmt == "hub_handle":  # fetched here (network, the user's cache); only its loading runs in the child
+        from graphopt.loaders.hub import resolve
+
+        handle, text = text, resolve(text)
+    allowed = allow_ops if isinstance(allow_ops, bool) or allow_ops is None else sorted(allow_ops)
+    with sandbox_for(disk_bytes(text) if os.path.exists(text) else 0, label=f"loading {handle or text}") as box:
+        data = box.call(load_for_parent, text, kwargs, allowed, graphopt_environment())
+    graph_def = graph_pb2.GraphDef()
+    graph_def.ParseFromString(data.pop("graph_def"))  # a bytearray: parsed without another copy
+    model = Model(graph_def=graph_def, **data)
+    if handle is not None:  # as the Hub loader says it in this process
+        model.metadata["resolved"], model.source = text, handle
+        model.format = "hub_tf2" if model.format == "saved_model" else model.format
+        model.metadata["loader"] = "hub_handle"
+    return model
+
+
+def load_for_parent(text: str, kwargs: dict, allow_ops: bool | list[str] | None, environment: dict) -> dict:
+    """The child's side of a confined load: the model as the serialized GraphDef and plain data."""
+    import json
+
+    from graphopt.graph.encoding import serialize_graph_def
+    from graphopt.security.sandbox import adopt_environment
+
+    adopt_environment(environment)  # GRAPHOPT_ALLOW_OPS & co. as the caller has them now
+    model = load(text, allow_ops=allow_ops, confined=False, **kwargs)
+    return {"graph_def": serialize_graph_def(model.graph_def), "signature": model.signature,
+            "init_ops": list(model.init_ops), "source": str(model.source), "format": str(model.format),
+            "assets": {str(k): str(v) for k, v in model.assets.items()},
+            # free-form: made plain (JSON) so that the parent reads it with the sandbox's answer allowlist
+            "metadata": json.loads(json.dumps(model.metadata, default=str))}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -346,6 +346,19 @@ def function_ref(fn: str | Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
+def graphopt_environment() -> dict[str, str]:
+    """This process's ``GRAPHOPT_*`` variables: what a call to a long-lived child must carry, since the child's
+    own environment was fixed when it started (a test, or ``serve``, may have changed them since)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("GRAPHOPT_")}
+
+
+def adopt_environment(environment: Mapping[str, str]) -> None:
+    """In a child: make this process's ``GRAPHOPT_*`` variables exactly ``environment`` (see above)."""
+    for key in [k for k in os.environ if k.startswith("GRAPHOPT_")]:
+        del os.environ[key]
+    os.environ.update({k: v for k, v in environment.items() if k.startswith("GRAPHOPT_")})
+
+
 _SIGNAL_WORDS = {"SIGSEGV": "segmentation fault", "SIGABRT": "abort", "SIGBUS": "bus error",
                  "SIGILL": "illegal instruction", "SIGFPE": "arithmetic exception", "SIGKILL": "killed",
                  "SIGTRAP": "trap", "SIGSYS": "bad system call"}
