@@ -80,7 +80,7 @@ def measure(cmd: list[str], env: dict[str, str], timeout: float = 1800) -> dict[
             "peak_tree_pss_bytes": peak_pss, "stderr_tail": tail if proc.returncode else []}
 
 
-def run(models: list[str], cache: Path, repeats: int) -> dict[str, Any]:
+def run(models: list[str], cache: Path, repeats: int, command: str = "optimize") -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in models:
         src = suite_models.build(name, cache).path
@@ -90,8 +90,9 @@ def run(models: list[str], cache: Path, repeats: int) -> dict[str, Any]:
                 out = Path(tempfile.mkdtemp(prefix="graphopt-conf-")) / "out"
                 env = dict(os.environ, GRAPHOPT_SANDBOX=mode)
                 try:
-                    runs[mode].append(measure([sys.executable, "-m", "graphopt", "optimize", str(src), "-o", str(out)],
-                                              env))
+                    cmd = [sys.executable, "-m", "graphopt", command, str(src)] + (
+                        ["-o", str(out)] if command == "optimize" else [])
+                    runs[mode].append(measure(cmd, env))
                 finally:
                     shutil.rmtree(out.parent, ignore_errors=True)
                 m = runs[mode][-1]
@@ -110,9 +111,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["MobileNetV2", "ResNet50"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
+    parser.add_argument("--command", choices=["optimize", "inspect"], default="optimize",
+                        help="what to run: optimize SRC -o OUT, or inspect SRC (a confined load, no execution)")
     args = parser.parse_args()
     t0 = time.time()
-    results = run(args.models, args.cache, args.repeats)
+    results = run(args.models, args.cache, args.repeats, args.command)
     sys.path.insert(0, str(HERE.parent))
     from graphopt.bench import machine_info
     from graphopt.security.sandbox import default_limits, landlock_abi
@@ -121,7 +124,7 @@ def main() -> None:
            "landlock_abi": landlock_abi(), "kernel": os.uname().release, "seconds": time.time() - t0,
            "default_limits": default_limits().describe(), "models": results}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = HERE / "results" / f"confinement-{stamp}.json"
+    path = HERE / "results" / f"confinement-{'' if args.command == 'optimize' else args.command + '-'}{stamp}.json"
     path.write_text(json.dumps(doc, indent=1))
     print(f"\n{'model':14} {'off s':>7} {'on s':>7} {'ratio':>6} {'off RSS':>8} {'on RSS':>8} {'ratio':>6} "  # noqa: T201
           f"{'off PSS':>8} {'on PSS':>8} {'ratio':>6}")

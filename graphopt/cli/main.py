@@ -91,6 +91,17 @@ def _import_tensorflow_silently() -> None:
         os.close(devnull)
 
 
+def _loads_in_a_child(argv: list[str]) -> bool:
+    """Whether the command line names a model that is loaded in a sandboxed child: an existing path (or a Hub
+    handle) that is not a GraphDef file, which is only parsed (graphopt.loaders.load)."""
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        if "://" in arg or (os.path.exists(arg) and not arg.lower().endswith((".pb", ".pbtxt", ".graphdef", ".npz"))):
+            return True
+    return False
+
+
 def _global_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's own logs")
@@ -246,8 +257,10 @@ def _main(argv: list[str] | None, err: Console) -> int:
             _import_tensorflow_silently()
         run = args._run
         if args.command in _SHARED_CHILD_COMMANDS:
-            from graphopt.security.sandbox import with_shared_sandbox
+            from graphopt.security.sandbox import prestart, with_shared_sandbox
 
+            if _loads_in_a_child(argv):  # its TensorFlow import overlaps this process's
+                prestart()
             run = with_shared_sandbox(run, start=False)
         code = run(args, ctx)
         return int(code or 0)
