@@ -315,8 +315,13 @@ def _serve(base: Path, name: str, log_path: Path):
                 if time.monotonic() > deadline:
                     raise AssertionError("server did not open its ports in time") from None
                 time.sleep(0.3)
-        log.seek(0)
-        yield {"grpc": f"127.0.0.1:{grpc_port}", "rest": f"127.0.0.1:{rest_port}", "log": log.read()}
+        while True:  # the ports open before serve prints what it loaded: wait for that line too
+            log.seek(0)
+            text = log.read()
+            if "serving model" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        yield {"grpc": f"127.0.0.1:{grpc_port}", "rest": f"127.0.0.1:{rest_port}", "log": text}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
