@@ -275,8 +275,14 @@ def test_a_failing_native_transform_is_a_pass_error_naming_it(host, conv_model):
 
 def test_the_graph_check_catches_gtt_breaking_colocation(host, conv_model):
     # obfuscate_names leaves `_class: loc:@conv/w` pointing at a node it renamed: TF cannot import that.
-    with pytest.raises(PassError, match="colocated with unknown node"):
+    with pytest.raises(PassError, match="colocated with unknown node") as info:
         _run(conv_model, "obfuscate_names", host)
+    assert "remove_attribute(attribute_name=_class) before this pass" in info.value.hint  # what to do about it
+    result = _run(conv_model, "obfuscate_names", host, keep_going=True)
+    assert [r.status for r in result.records] == ["rolled_back"]
+    # The hint's advice works: with colocation stripped first, the same transform gives an importable graph.
+    fixed = _run(conv_model, "remove_attribute(attribute_name=_class) obfuscate_names", host)
+    assert all(r.status in ("applied", "unchanged") for r in fixed.records)
     result = _run(conv_model, "obfuscate_names", host, keep_going=True)
     assert [r.status for r in result.records] == ["rolled_back"]
     assert result.model.graph_def is conv_model.graph_def

@@ -147,5 +147,13 @@ def check_graph(model: Model, must_keep: Iterable[str] | None = None, *, import_
         with tf.Graph().as_default():
             tf.graph_util.import_graph_def(skeleton(model.graph_def), name="")
     except Exception as exc:  # ValueError, TypeError, OpError, KeyError...: any of them means "not importable"
-        raise PassError("the pass returned a graph TensorFlow cannot import: " + str(exc).strip().split("\n")[0],
-                        hint="a pass must produce nodes of registered ops with valid attributes") from None
+        first = str(exc).strip().split("\n")[0]
+        hint = "a pass must produce nodes of registered ops with valid attributes"
+        if "expects to be colocated with unknown node" in first:
+            # GTT's remove_nodes and obfuscate_names leave `_class: loc:@name` colocation attributes naming a
+            # node that is gone; TF1 users hit the same with the real GTT.
+            hint = ("the pass removed or renamed a node another node is colocated with (its `_class` attribute "
+                    "names it); "
+                    "strip colocation first: remove_attribute(attribute_name=_class) before this pass, as preset "
+                    "serving does")
+        raise PassError("the pass returned a graph TensorFlow cannot import: " + first, hint=hint) from None
